@@ -1,0 +1,46 @@
+# Every target installs what it needs first: on a fresh machine `make run` or `make test`
+# is the only command to type.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install run test soak lint format bench lock clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev,embedded]'
+	touch $(STAMP)
+
+run: install
+	$(BIN)/wallet run
+
+test: install
+	$(BIN)/pytest
+
+soak: install
+	$(BIN)/pytest -m soak
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: install
+	$(BIN)/python -m bench
+
+# Pin what `make install` resolves today into requirements.lock (commit the result).
+lock:
+	rm -rf /tmp/wallet-lock-venv && $(PYTHON) -m venv /tmp/wallet-lock-venv
+	/tmp/wallet-lock-venv/bin/pip install --quiet --upgrade pip
+	/tmp/wallet-lock-venv/bin/pip install --quiet '.[dev,embedded]'
+	/tmp/wallet-lock-venv/bin/pip freeze --exclude wallet > requirements.lock
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

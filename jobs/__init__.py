@@ -1,0 +1,1 @@
+"""Background jobs on procrastinate: delayed deposits, saga retries, reconciliation."""

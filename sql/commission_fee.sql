@@ -1,0 +1,28 @@
+-- wallet.commission_fee: the fee formula of SPEC 5, and nothing else.
+--
+--   fee = clamp(fixed + round_half_up(amount * rate_bps / 10000), min_fee, max_fee)
+--
+-- amount * rate_bps can reach 10^19, past bigint, so the product is split:
+-- amount = 10000 * whole + rest, and only rest * rate_bps (< 10^8) is ever rounded.
+-- max_fee NULL means no cap. Pure integer arithmetic: no numeric, no floats.
+CREATE OR REPLACE FUNCTION wallet.commission_fee(
+    p_amount   bigint,
+    p_rate_bps integer,
+    p_fixed    bigint,
+    p_min_fee  bigint,
+    p_max_fee  bigint
+) RETURNS bigint
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT greatest(
+        p_min_fee,
+        least(
+            coalesce(p_max_fee, 9223372036854775807),
+            p_fixed + (p_amount / 10000) * p_rate_bps + ((p_amount % 10000) * p_rate_bps + 5000) / 10000
+        )
+    )
+$$;
+
+REVOKE ALL ON FUNCTION wallet.commission_fee(bigint, integer, bigint, bigint, bigint) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION wallet.commission_fee(bigint, integer, bigint, bigint, bigint) TO wallet_app, wallet_auditor;

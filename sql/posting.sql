@@ -1,0 +1,110 @@
+-- Posting: the only code that changes a wallet's balance or writes entries.
+
+-- wallet.post_wallet_entry: apply p_net_amount to one wallet and record the entry with
+-- the balance before and after.
+-- Locks: the wallet row, by the UPDATE itself, until the caller's transaction ends.
+-- Callers locking two wallets call this in wallet id order, so opposite transfers wait
+-- for each other instead of deadlocking.
+-- A debit applies only while the balance covers it; the check and the write are one
+-- statement, re-checked by PostgreSQL on the newest row version after any wait.
+-- Raises: WS409 wallet_not_active, WF422 insufficient_funds.
+CREATE OR REPLACE FUNCTION wallet.post_wallet_entry(
+    p_transaction_id uuid,
+    p_wallet_id      uuid,
+    p_currency       text,
+    p_net_amount     bigint
+) RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_balance_after bigint;
+    v_wallet        wallet.wallets;
+BEGIN
+    UPDATE wallet.wallets
+    SET balance = balance + p_net_amount, updated_at = now()
+    WHERE id = p_wallet_id
+      AND status = 'active'
+      AND balance + p_net_amount >= 0
+    RETURNING balance INTO v_balance_after;
+
+    IF NOT FOUND THEN
+        SELECT * INTO STRICT v_wallet FROM wallet.wallets WHERE id = p_wallet_id;
+        IF v_wallet.status <> 'active' THEN
+            RAISE EXCEPTION USING ERRCODE = 'WS409', MESSAGE = format('wallet is %s', v_wallet.status),
+                DETAIL = format('wallet %s', p_wallet_id);
+        END IF;
+        RAISE EXCEPTION USING ERRCODE = 'WF422', MESSAGE = 'insufficient funds',
+            DETAIL = format('wallet %s has %s available, %s needed', p_wallet_id, v_wallet.balance, -p_net_amount);
+    END IF;
+
+    INSERT INTO wallet.entries (transaction_id, wallet_id, currency, net_amount, balance_before, balance_after)
+    VALUES (p_transaction_id, p_wallet_id, p_currency, p_net_amount, v_balance_after - p_net_amount, v_balance_after);
+    RETURN v_balance_after;
+END
+$$;
+
+-- wallet.post_system_entries: the legs of a transaction on the system accounts. They are
+-- append-only entries with no balance row, so posting them locks nothing. Zero legs
+-- (no fee) are left out.
+CREATE OR REPLACE FUNCTION wallet.post_system_entries(
+    p_transaction_id uuid,
+    p_currency       text,
+    p_world_net      bigint,
+    p_revenue_net    bigint
+) RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    INSERT INTO wallet.entries (transaction_id, account, currency, net_amount)
+    SELECT p_transaction_id, leg.account, p_currency, leg.net_amount
+    FROM (VALUES ('world', p_world_net), ('revenue', p_revenue_net)) AS leg (account, net_amount)
+    WHERE leg.net_amount <> 0
+$$;
+
+-- wallet.to_transaction_result: the API's view of a transaction row.
+CREATE OR REPLACE FUNCTION wallet.to_transaction_result(p_transaction wallet.transactions, p_replayed boolean)
+RETURNS wallet.transaction_result
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT ROW(p_transaction.id, p_transaction.kind, p_transaction.status, p_transaction.wallet_id,
+               p_transaction.from_wallet_id, p_transaction.to_wallet_id, p_transaction.currency,
+               p_transaction.amount, p_transaction.fee, p_transaction.reference, p_transaction.metadata,
+               p_transaction.available_at, p_transaction.created_at, p_transaction.posted_at,
+               p_transaction.failure_reason, p_replayed)::wallet.transaction_result
+$$;
+
+-- wallet.replayed_transaction: a stored first response, returned again.
+CREATE OR REPLACE FUNCTION wallet.replayed_transaction(p_response jsonb)
+RETURNS wallet.transaction_result
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT * FROM jsonb_populate_record(NULL::wallet.transaction_result, p_response || '{"replayed": true}')
+$$;
+
+-- wallet.find_wallet: a wallet read without a lock, for what never changes (owner,
+-- currency). Raises WN404 not_found when it does not exist or belongs to another owner.
+CREATE OR REPLACE FUNCTION wallet.find_wallet(p_acting_owner_id text, p_wallet_id uuid)
+RETURNS wallet.wallets
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_wallet wallet.wallets;
+BEGIN
+    SELECT * INTO v_wallet FROM wallet.wallets WHERE id = p_wallet_id;
+    IF NOT FOUND OR v_wallet.owner_id <> coalesce(p_acting_owner_id, v_wallet.owner_id) THEN
+        RAISE EXCEPTION USING ERRCODE = 'WN404', MESSAGE = 'wallet not found',
+            DETAIL = format('wallet %s', p_wallet_id);
+    END IF;
+    RETURN v_wallet;
+END
+$$;
+
+REVOKE ALL ON FUNCTION wallet.post_wallet_entry(uuid, uuid, text, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION wallet.post_system_entries(uuid, text, bigint, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION wallet.to_transaction_result(wallet.transactions, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION wallet.replayed_transaction(jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION wallet.find_wallet(text, uuid) FROM PUBLIC;

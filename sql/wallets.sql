@@ -1,0 +1,213 @@
+-- Wallets: open, read, list, and the status changes freeze, unfreeze and close.
+--
+-- A wallet's owner_id and currency never change. p_acting_owner_id is the owner a
+-- caller is limited to (a token's owner_id claim; NULL for a service caller): a wallet
+-- of another owner is reported as not found (WN404), never as forbidden.
+
+-- wallet.to_wallet_result: the API's view of a wallet row. Nothing is held back from
+-- spending yet, so available equals balance.
+CREATE OR REPLACE FUNCTION wallet.to_wallet_result(p_wallet wallet.wallets, p_replayed boolean)
+RETURNS wallet.wallet_result
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT ROW(p_wallet.id, p_wallet.owner_id, p_wallet.currency, p_wallet.status,
+               p_wallet.balance, p_wallet.balance, p_wallet.pending, p_wallet.metadata,
+               p_wallet.created_at, p_wallet.updated_at, p_replayed)::wallet.wallet_result
+$$;
+
+-- wallet.replayed_wallet: a stored first response, returned again.
+CREATE OR REPLACE FUNCTION wallet.replayed_wallet(p_response jsonb)
+RETURNS wallet.wallet_result
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT * FROM jsonb_populate_record(NULL::wallet.wallet_result, p_response || '{"replayed": true}')
+$$;
+
+-- wallet.open_wallet: a new active wallet with a zero balance. Locks nothing.
+-- Raises: WI400 invalid_request (owner_id, currency or metadata malformed),
+--         WK409 idempotency_key_reused.
+CREATE OR REPLACE FUNCTION wallet.open_wallet(
+    p_caller_id       text,
+    p_idempotency_key text,
+    p_fingerprint     text,
+    p_owner_id        text,
+    p_currency        text DEFAULT 'IRR',
+    p_metadata        jsonb DEFAULT '{}'
+) RETURNS wallet.wallet_result
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_currency text := coalesce(p_currency, 'IRR');
+    v_metadata jsonb := coalesce(p_metadata, '{}');
+    v_replay   jsonb;
+    v_wallet   wallet.wallets;
+BEGIN
+    IF p_owner_id IS NULL OR length(p_owner_id) NOT BETWEEN 1 AND 255 THEN
+        RAISE EXCEPTION USING ERRCODE = 'WI400', MESSAGE = 'owner_id must be 1 to 255 characters';
+    END IF;
+    IF v_currency !~ '^[A-Z]{3}$' THEN
+        RAISE EXCEPTION USING ERRCODE = 'WI400', MESSAGE = 'currency must be three upper-case letters';
+    END IF;
+    PERFORM wallet.check_metadata(v_metadata);
+
+    v_replay := wallet.claim_idempotency_key(p_caller_id, p_idempotency_key, 'open_wallet', p_fingerprint);
+    IF v_replay IS NOT NULL THEN
+        RETURN wallet.replayed_wallet(v_replay);
+    END IF;
+
+    INSERT INTO wallet.wallets (owner_id, currency, metadata)
+    VALUES (p_owner_id, v_currency, v_metadata)
+    RETURNING * INTO v_wallet;
+
+    PERFORM wallet.record_idempotent_response(p_caller_id, p_idempotency_key,
+                                              to_jsonb(wallet.to_wallet_result(v_wallet, false)));
+    RETURN wallet.to_wallet_result(v_wallet, false);
+END
+$$;
+
+-- wallet.get_wallet: one wallet. Locks nothing.
+-- Raises: WN404 not_found (unknown, or another owner's).
+CREATE OR REPLACE FUNCTION wallet.get_wallet(p_acting_owner_id text, p_wallet_id uuid)
+RETURNS wallet.wallet_result
+LANGUAGE sql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT * FROM wallet.to_wallet_result(wallet.find_wallet(p_acting_owner_id, p_wallet_id), false)
+$$;
+
+-- wallet.list_wallets: a keyset page of wallets in id order (ids are time-ordered, so
+-- oldest first), optionally of one owner; p_after_id is the last id of the previous page.
+-- Raises: WI400 invalid_request (limit outside 1..500).
+CREATE OR REPLACE FUNCTION wallet.list_wallets(
+    p_owner_id text,
+    p_limit    integer DEFAULT 50,
+    p_after_id uuid DEFAULT NULL
+) RETURNS SETOF wallet.wallet_result
+LANGUAGE plpgsql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF p_limit IS NULL OR p_limit NOT BETWEEN 1 AND 500 THEN
+        RAISE EXCEPTION USING ERRCODE = 'WI400', MESSAGE = 'limit must be 1 to 500';
+    END IF;
+    RETURN QUERY
+        SELECT (wallet.to_wallet_result(w, false)).*
+        FROM wallet.wallets AS w
+        WHERE (p_owner_id IS NULL OR w.owner_id = p_owner_id)
+          AND (p_after_id IS NULL OR w.id > p_after_id)
+        ORDER BY w.id
+        LIMIT p_limit;
+END
+$$;
+
+-- wallet.change_wallet_status: the one place a wallet's status changes.
+-- Locks: the wallet row (FOR NO KEY UPDATE). A change to the status it already has
+-- succeeds and changes nothing. Closed is final; only an empty wallet may close.
+-- Raises: WN404 not_found, WS409 wallet_not_active (the wallet is closed),
+--         WE409 wallet_not_empty (closing with a balance or pending deposits),
+--         WK409 idempotency_key_reused.
+CREATE OR REPLACE FUNCTION wallet.change_wallet_status(
+    p_caller_id        text,
+    p_idempotency_key  text,
+    p_fingerprint      text,
+    p_acting_owner_id  text,
+    p_wallet_id        uuid,
+    p_status           text
+) RETURNS wallet.wallet_result
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_operation text := CASE p_status WHEN 'frozen' THEN 'freeze_wallet'
+                                      WHEN 'active' THEN 'unfreeze_wallet'
+                                      WHEN 'closed' THEN 'close_wallet' END;
+    v_replay    jsonb;
+    v_wallet    wallet.wallets;
+BEGIN
+    v_replay := wallet.claim_idempotency_key(p_caller_id, p_idempotency_key, v_operation, p_fingerprint);
+    IF v_replay IS NOT NULL THEN
+        RETURN wallet.replayed_wallet(v_replay);
+    END IF;
+
+    SELECT * INTO v_wallet FROM wallet.wallets WHERE id = p_wallet_id FOR NO KEY UPDATE;
+    IF NOT FOUND OR v_wallet.owner_id <> coalesce(p_acting_owner_id, v_wallet.owner_id) THEN
+        RAISE EXCEPTION USING ERRCODE = 'WN404', MESSAGE = 'wallet not found',
+            DETAIL = format('wallet %s', p_wallet_id);
+    END IF;
+
+    IF v_wallet.status <> p_status THEN
+        IF v_wallet.status = 'closed' THEN
+            RAISE EXCEPTION USING ERRCODE = 'WS409', MESSAGE = 'wallet is closed',
+                DETAIL = format('wallet %s', p_wallet_id);
+        END IF;
+        IF p_status = 'closed' AND (v_wallet.balance <> 0 OR v_wallet.pending <> 0) THEN
+            RAISE EXCEPTION USING ERRCODE = 'WE409', MESSAGE = 'only an empty wallet can be closed',
+                DETAIL = format('wallet %s has balance %s and pending %s',
+                                p_wallet_id, v_wallet.balance, v_wallet.pending);
+        END IF;
+        UPDATE wallet.wallets SET status = p_status, updated_at = now()
+        WHERE id = p_wallet_id
+        RETURNING * INTO v_wallet;
+    END IF;
+
+    PERFORM wallet.record_idempotent_response(p_caller_id, p_idempotency_key,
+                                              to_jsonb(wallet.to_wallet_result(v_wallet, false)));
+    RETURN wallet.to_wallet_result(v_wallet, false);
+END
+$$;
+
+-- wallet.freeze_wallet, wallet.unfreeze_wallet, wallet.close_wallet: see change_wallet_status.
+CREATE OR REPLACE FUNCTION wallet.freeze_wallet(
+    p_caller_id text, p_idempotency_key text, p_fingerprint text, p_acting_owner_id text, p_wallet_id uuid
+) RETURNS wallet.wallet_result
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT * FROM wallet.change_wallet_status(p_caller_id, p_idempotency_key, p_fingerprint,
+                                              p_acting_owner_id, p_wallet_id, 'frozen')
+$$;
+
+CREATE OR REPLACE FUNCTION wallet.unfreeze_wallet(
+    p_caller_id text, p_idempotency_key text, p_fingerprint text, p_acting_owner_id text, p_wallet_id uuid
+) RETURNS wallet.wallet_result
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT * FROM wallet.change_wallet_status(p_caller_id, p_idempotency_key, p_fingerprint,
+                                              p_acting_owner_id, p_wallet_id, 'active')
+$$;
+
+CREATE OR REPLACE FUNCTION wallet.close_wallet(
+    p_caller_id text, p_idempotency_key text, p_fingerprint text, p_acting_owner_id text, p_wallet_id uuid
+) RETURNS wallet.wallet_result
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT * FROM wallet.change_wallet_status(p_caller_id, p_idempotency_key, p_fingerprint,
+                                              p_acting_owner_id, p_wallet_id, 'closed')
+$$;
+
+REVOKE ALL ON FUNCTION wallet.to_wallet_result(wallet.wallets, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION wallet.replayed_wallet(jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION wallet.change_wallet_status(text, text, text, text, uuid, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION wallet.open_wallet(text, text, text, text, text, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION wallet.get_wallet(text, uuid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION wallet.list_wallets(text, integer, uuid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION wallet.freeze_wallet(text, text, text, text, uuid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION wallet.unfreeze_wallet(text, text, text, text, uuid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION wallet.close_wallet(text, text, text, text, uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION wallet.open_wallet(text, text, text, text, text, jsonb) TO wallet_app;
+GRANT EXECUTE ON FUNCTION wallet.get_wallet(text, uuid) TO wallet_app, wallet_auditor;
+GRANT EXECUTE ON FUNCTION wallet.list_wallets(text, integer, uuid) TO wallet_app, wallet_auditor;
+GRANT EXECUTE ON FUNCTION wallet.freeze_wallet(text, text, text, text, uuid) TO wallet_app;
+GRANT EXECUTE ON FUNCTION wallet.unfreeze_wallet(text, text, text, text, uuid) TO wallet_app;
+GRANT EXECUTE ON FUNCTION wallet.close_wallet(text, text, text, text, uuid) TO wallet_app;
