@@ -1,14 +1,26 @@
-"""The `wallet` command: migrate, verify (and, as they land, serve, worker, token)."""
+"""The `wallet` command (SPEC 2): migrate, serve, worker, token, verify, and run (make run)."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
+import secrets
+import signal
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 import psycopg
 
+from api.auth import SCOPES, mint_token
 from api.database import DatabaseNotConfigured, database_url
 from api.migrate import migrate
+from api.settings import SettingsError, load_settings
+
+DEV_SECRET_FILE = "jwt-secret"
+DEV_TOKEN_TTL_SECONDS = 24 * 3600
 
 
 def cmd_migrate(_: argparse.Namespace) -> int:
@@ -29,15 +41,164 @@ def cmd_verify(_: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = load_settings()  # fail fast, in the parent, with the setting's name
+    if settings.database_url is None:
+        # One embedded server for every worker process, started here.
+        os.environ["DATABASE_URL"] = database_url()
+    uvicorn.run(
+        "api.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        timeout_graceful_shutdown=args.graceful_seconds,
+    )
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from jobs.app import create_app
+
+    app = create_app()
+
+    async def work() -> None:
+        async with app.open_async():
+            await app.run_worker_async(concurrency=args.concurrency, install_signal_handlers=True)
+
+    asyncio.run(work())
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    secret = os.environ.get("WALLET_JWT_SECRET") or _dev_secret(create=False)
+    if not secret:
+        print(
+            "wallet: set WALLET_JWT_SECRET (or start `make run` once to create a dev secret)",
+            file=sys.stderr,
+        )
+        return 2
+    scopes = args.scope.split()
+    unknown = sorted(set(scopes) - set(SCOPES))
+    if unknown:
+        print(
+            f"wallet: unknown scope(s): {' '.join(unknown)}; known: {' '.join(SCOPES)}",
+            file=sys.stderr,
+        )
+        return 2
+    print(
+        mint_token(
+            secret,
+            sub=args.sub,
+            scopes=scopes,
+            owner_id=args.owner_id,
+            ttl_seconds=args.ttl,
+            audience=os.environ.get("WALLET_JWT_AUDIENCE") or None,
+            issuer=os.environ.get("WALLET_JWT_ISSUER") or None,
+        )
+    )
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """The whole service for local use: database, migrations, API and worker; Ctrl-C stops it all."""
+    os.environ["DATABASE_URL"] = database_url()  # the embedded server lives as long as this process
+    os.environ.setdefault("WALLET_JWT_SECRET", _dev_secret(create=True))
+    load_settings()
+    migrate(os.environ["DATABASE_URL"])
+    token = mint_token(
+        os.environ["WALLET_JWT_SECRET"],
+        sub="dev",
+        scopes=list(SCOPES),
+        ttl_seconds=DEV_TOKEN_TTL_SECONDS,
+    )
+    base = f"http://{args.host}:{args.port}"
+    print(
+        f"\nWallet service on {base}\n  docs:  {base}/schema\n  token: {token}\n"
+        f"  try:   curl -H 'Authorization: Bearer $TOKEN' {base}/v1/wallets\n",
+        flush=True,
+    )
+    wallet = [sys.executable, "-m", "api.cli"]
+    children = [
+        subprocess.Popen([*wallet, "serve", "--host", args.host, "--port", str(args.port)]),
+        subprocess.Popen([*wallet, "worker"]),
+    ]
+    return _supervise(children)
+
+
+def _supervise(children: list[subprocess.Popen]) -> int:
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    while not stopping and all(child.poll() is None for child in children):
+        time.sleep(0.2)
+    stop()
+    codes = [child.wait() for child in children]
+    return 0 if stopping else max(codes)
+
+
+def _dev_secret(*, create: bool) -> str | None:
+    path = Path(os.environ.get("WALLET_DATA_DIR") or ".wallet") / DEV_SECRET_FILE
+    if path.exists():
+        return path.read_text().strip()
+    if not create:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(secrets.token_urlsafe(48))
+    path.chmod(0o600)
+    return path.read_text().strip()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wallet", description="Merchant wallet service")
     commands = parser.add_subparsers(dest="command", required=True)
+
     commands.add_parser("migrate", help="apply migrations and sql/ (idempotent)").set_defaults(
         handler=cmd_migrate
     )
     commands.add_parser("verify", help="check the ledger; exit 1 on any violation").set_defaults(
         handler=cmd_verify
     )
+
+    serve = commands.add_parser("serve", help="run the REST API")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1, help="processes (default 1)")
+    serve.add_argument(
+        "--graceful-seconds",
+        type=int,
+        default=20,
+        help="how long in-flight requests may finish after SIGTERM",
+    )
+    serve.set_defaults(handler=cmd_serve)
+
+    worker = commands.add_parser("worker", help="run the job worker")
+    worker.add_argument("--concurrency", type=int, default=4)
+    worker.set_defaults(handler=cmd_worker)
+
+    token = commands.add_parser("token", help="mint a token for local use (HS256)")
+    token.add_argument("--sub", required=True, help="who calls (the token's subject)")
+    token.add_argument("--scope", required=True, help='space-separated scopes, e.g. "wallets:read"')
+    token.add_argument("--owner-id", help="limit the token to this owner's wallets")
+    token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
+    token.set_defaults(handler=cmd_token)
+
+    run = commands.add_parser("run", help="migrations, API and worker on one machine (make run)")
+    run.add_argument("--host", default="127.0.0.1")
+    run.add_argument("--port", type=int, default=8000)
+    run.set_defaults(handler=cmd_run)
     return parser
 
 
@@ -45,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except DatabaseNotConfigured as error:
+    except (DatabaseNotConfigured, SettingsError) as error:
         print(f"wallet: {error}", file=sys.stderr)
         return 2
 

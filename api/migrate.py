@@ -73,9 +73,7 @@ def apply_procrastinate_schema(connection) -> None:
         """
     )
     cursor.execute(schema)
-    cursor.execute(
-        "INSERT INTO wallet.components (name, version) VALUES ('procrastinate', %s)", (version,)
-    )
+    cursor.execute("INSERT INTO wallet.components (name, version) VALUES ('procrastinate', %s)", (version,))
     # The API and the worker (wallet_app) use the queue; they own none of its objects.
     cursor.execute(
         """

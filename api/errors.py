@@ -1,0 +1,186 @@
+"""The one mapping from failures to application/problem+json (SPEC 7).
+
+Ledger failures arrive as SQLSTATEs of our own (docs/errors.md); this module never reads
+an error message to decide anything. Nothing internal (SQL, traceback, driver names)
+reaches a client: unknown failures are logged and answered with a bare 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import asyncpg
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import (
+    HTTPException,
+    NotAuthorizedException,
+    PermissionDeniedException,
+    ValidationException,
+)
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+
+logger = logging.getLogger("wallet.api")
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+RETRY_AFTER_SECONDS = "1"
+
+
+class Problem(msgspec.Struct, frozen=True):
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+
+
+# SQLSTATE -> (HTTP status, code). The same table is docs/errors.md.
+LEDGER_ERRORS: dict[str, tuple[int, str]] = {
+    "WI400": (400, "invalid_request"),
+    "WN404": (404, "not_found"),
+    "WS409": (409, "wallet_not_active"),
+    "WE409": (409, "wallet_not_empty"),
+    "WC409": (409, "transaction_not_cancelable"),
+    "WK409": (409, "idempotency_key_reused"),
+    "WF422": (422, "insufficient_funds"),
+    "WM422": (422, "currency_mismatch"),
+    "WW422": (422, "same_wallet"),
+    "WB422": (422, "amount_below_fee"),
+}
+
+TITLES = {
+    "invalid_request": "The request is not valid",
+    "unauthenticated": "Authentication is required",
+    "forbidden": "The token does not allow this",
+    "not_found": "Not found",
+    "method_not_allowed": "Method not allowed",
+    "wallet_not_active": "The wallet is not active",
+    "wallet_not_empty": "The wallet is not empty",
+    "transaction_not_cancelable": "The transaction cannot be canceled",
+    "idempotency_key_reused": "The idempotency key was used for another request",
+    "payload_too_large": "The request body is too large",
+    "insufficient_funds": "Insufficient funds",
+    "currency_mismatch": "The currencies differ",
+    "same_wallet": "Source and destination are the same wallet",
+    "amount_below_fee": "The amount does not cover the fee",
+    "unavailable": "The service is unavailable; retry shortly",
+    "internal": "Internal error",
+}
+
+# Failures that a retry can fix: the database is away, or a transaction lost a race.
+RETRYABLE_SQLSTATES = {
+    "40001",
+    "40P01",
+    "57P01",
+    "57P02",
+    "57P03",
+    "53300",
+    "08000",
+    "08003",
+    "08006",
+}
+UNAVAILABLE_EXCEPTIONS = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.TooManyConnectionsError,
+)
+
+
+class ApiError(Exception):
+    """A client-facing failure raised by the API itself (not by the ledger)."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.detail = status, code, detail
+
+
+def problem(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> Response:
+    body = Problem(
+        type=f"urn:wallet:error:{code}", title=TITLES[code], status=status, detail=detail, code=code
+    )
+    return Response(
+        content=msgspec.json.encode(body),
+        status_code=status,
+        media_type=PROBLEM_MEDIA_TYPE,
+        headers=headers,
+    )
+
+
+def unavailable() -> Response:
+    return problem(
+        503,
+        "unavailable",
+        "the database cannot be reached; retry shortly",
+        headers={"Retry-After": RETRY_AFTER_SECONDS},
+    )
+
+
+def handle_api_error(_: Request, error: ApiError) -> Response:
+    headers = {"Retry-After": RETRY_AFTER_SECONDS} if error.status == 503 else None
+    return problem(error.status, error.code, error.detail, headers=headers)
+
+
+def handle_postgres_error(request: Request, error: asyncpg.PostgresError) -> Response:
+    mapped = LEDGER_ERRORS.get(error.sqlstate or "")
+    if mapped is not None:
+        status, code = mapped
+        return problem(status, code, error.message)
+    if error.sqlstate in RETRYABLE_SQLSTATES:
+        logger.warning("retryable database error %s on %s", error.sqlstate, request.url.path)
+        return unavailable()
+    return handle_unexpected(request, error)
+
+
+def handle_unavailable(request: Request, error: Exception) -> Response:
+    logger.warning("database unavailable on %s: %s", request.url.path, type(error).__name__)
+    return unavailable()
+
+
+def handle_validation(_: Request, error: ValidationException) -> Response:
+    return problem(400, "invalid_request", _validation_detail(error))
+
+
+def handle_http_exception(_: Request, error: HTTPException) -> Response:
+    status = error.status_code
+    if isinstance(error, NotAuthorizedException) or status == 401:
+        return problem(401, "unauthenticated", error.detail, headers={"WWW-Authenticate": "Bearer"})
+    if isinstance(error, PermissionDeniedException) or status == 403:
+        return problem(403, "forbidden", error.detail)
+    if status == 404:
+        return problem(404, "not_found", "no such resource")
+    if status == 405:
+        return problem(405, "method_not_allowed", "method not allowed on this resource")
+    if status == 413:
+        return problem(413, "payload_too_large", "the request body is too large")
+    if status < 500:
+        return problem(400, "invalid_request", error.detail)
+    return problem(status, "internal", "internal error")
+
+
+def handle_unexpected(request: Request, error: Exception) -> Response:
+    logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
+    return problem(HTTP_500_INTERNAL_SERVER_ERROR, "internal", "internal error")
+
+
+def _validation_detail(error: ValidationException) -> str:
+    extra = error.extra
+    if isinstance(extra, list) and extra:
+        first = extra[0]
+        if isinstance(first, dict) and first.get("message"):
+            where = first.get("key")
+            return f"{first['message']}" + (f" ({where})" if where else "")
+    return error.detail or "invalid request"
+
+
+EXCEPTION_HANDLERS = {
+    ApiError: handle_api_error,
+    asyncpg.PostgresError: handle_postgres_error,
+    ValidationException: handle_validation,
+    HTTPException: handle_http_exception,
+    **{exception: handle_unavailable for exception in UNAVAILABLE_EXCEPTIONS},
+    Exception: handle_unexpected,
+}

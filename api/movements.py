@@ -1,0 +1,97 @@
+"""Money movements: deposits, withdrawals and transfers. Each is one ledger function call."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+import asyncpg
+from litestar import Controller, Response, post
+
+from api.auth import Principal
+from api.metrics import move_money
+from api.plumbing import Idempotency, created
+from api.schemas import DepositRequest, Transaction, TransferRequest, WithdrawalRequest, from_record
+
+
+class MovementController(Controller):
+    path = "/v1"
+    tags = ["money movements"]
+
+    @post("/wallets/{wallet_id:str}/deposits", opt={"scope": "deposits:write"}, operation_id="deposit")
+    async def deposit(
+        self,
+        wallet_id: UUID,
+        data: DepositRequest,
+        principal: Principal,
+        idempotency: Idempotency,
+        pool: asyncpg.Pool,
+    ) -> Response[Transaction]:
+        """Deposit into a wallet: it is credited amount - fee."""
+        record = await move_money(
+            "deposit",
+            pool,
+            "SELECT * FROM wallet.deposit($1, $2, $3, $4, $5, $6, $7, $8)",
+            principal.sub,
+            idempotency.key,
+            idempotency.fingerprint,
+            principal.owner_id,
+            wallet_id,
+            data.amount,
+            data.reference,
+            data.metadata,
+        )
+        return created(from_record(Transaction, record), record, f"/v1/transactions/{record['id']}")
+
+    @post(
+        "/wallets/{wallet_id:str}/withdrawals",
+        opt={"scope": "withdrawals:write"},
+        operation_id="withdraw",
+    )
+    async def withdraw(
+        self,
+        wallet_id: UUID,
+        data: WithdrawalRequest,
+        principal: Principal,
+        idempotency: Idempotency,
+        pool: asyncpg.Pool,
+    ) -> Response[Transaction]:
+        """Withdraw from a wallet: it is debited amount + fee."""
+        record = await move_money(
+            "withdrawal",
+            pool,
+            "SELECT * FROM wallet.withdraw($1, $2, $3, $4, $5, $6, $7, $8)",
+            principal.sub,
+            idempotency.key,
+            idempotency.fingerprint,
+            principal.owner_id,
+            wallet_id,
+            data.amount,
+            data.reference,
+            data.metadata,
+        )
+        return created(from_record(Transaction, record), record, f"/v1/transactions/{record['id']}")
+
+    @post("/transfers", opt={"scope": "transfers:write"}, operation_id="transfer")
+    async def transfer(
+        self,
+        data: TransferRequest,
+        principal: Principal,
+        idempotency: Idempotency,
+        pool: asyncpg.Pool,
+    ) -> Response[Transaction]:
+        """Transfer between wallets: the sender pays amount + fee, the receiver gets amount."""
+        record = await move_money(
+            "transfer",
+            pool,
+            "SELECT * FROM wallet.transfer($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            principal.sub,
+            idempotency.key,
+            idempotency.fingerprint,
+            principal.owner_id,
+            data.from_wallet_id,
+            data.to_wallet_id,
+            data.amount,
+            data.reference,
+            data.metadata,
+        )
+        return created(from_record(Transaction, record), record, f"/v1/transactions/{record['id']}")

@@ -1,0 +1,87 @@
+"""What every handler shares: the pool, strict bodies, idempotency, cursors, responses."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+import uuid
+from typing import Any
+
+import asyncpg
+import msgspec
+from litestar import Request, Response
+
+from api.errors import ApiError
+
+IDEMPOTENCY_KEY = re.compile(r"^[\x20-\x7e]{1,255}$")
+
+
+async def provide_pool(request: Request) -> asyncpg.Pool:
+    return request.app.state.pool
+
+
+async def strict_body(request: Request) -> None:
+    """before_request: decode the body strictly (Litestar's own parse coerces "10" and 10.0
+    into 10; a payments API must refuse both). Errors become 400 invalid_request."""
+    data_field = request.route_handler.parsed_data_field
+    if data_field is None:
+        return
+    try:
+        msgspec.json.decode(await request.body(), type=data_field.annotation, strict=True)
+    except msgspec.ValidationError as error:
+        raise ApiError(400, "invalid_request", str(error)) from None
+    except msgspec.DecodeError:
+        raise ApiError(400, "invalid_request", "the body is not valid JSON") from None
+
+
+class Idempotency(msgspec.Struct, frozen=True):
+    key: str | None
+    fingerprint: str | None
+
+
+async def provide_idempotency(request: Request) -> Idempotency:
+    """The Idempotency-Key header and a fingerprint of the request it must match (SPEC 6)."""
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return Idempotency(key=None, fingerprint=None)
+    if not IDEMPOTENCY_KEY.match(key):
+        raise ApiError(400, "invalid_request", "Idempotency-Key must be 1 to 255 printable ASCII characters")
+    digest = hashlib.sha256()
+    digest.update(f"{request.method} {request.url.path}\n".encode())
+    digest.update(await request.body())
+    return Idempotency(key=key, fingerprint=digest.hexdigest())
+
+
+def created(content: Any, record: Any, location: str) -> Response:
+    """201 with the body; a replay says so in Idempotent-Replayed."""
+    return Response(content, status_code=201, headers=_replay_headers(record) | {"Location": location})
+
+
+def ok(content: Any, record: Any) -> Response:
+    return Response(content, status_code=200, headers=_replay_headers(record))
+
+
+def _replay_headers(record: Any) -> dict[str, str]:
+    return {"Idempotent-Replayed": "true"} if record["replayed"] else {}
+
+
+def encode_cursor(value: int | uuid.UUID) -> str:
+    raw = value.bytes if isinstance(value, uuid.UUID) else value.to_bytes(8, "big", signed=True)
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def decode_cursor(cursor: str | None, kind: type[int] | type[uuid.UUID]) -> Any:
+    """A cursor from encode_cursor, or 400 invalid_request."""
+    if cursor is None:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+    except (binascii.Error, ValueError):
+        raw = b""
+    if kind is uuid.UUID and len(raw) == 16:
+        return uuid.UUID(bytes=raw)
+    if kind is int and len(raw) == 8:
+        return int.from_bytes(raw, "big", signed=True)
+    raise ApiError(400, "invalid_request", "the cursor is not valid")

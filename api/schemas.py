@@ -1,0 +1,145 @@
+"""Every request and response body, as strict msgspec Structs (SPEC 4).
+
+Bounds are named once here; the ledger checks them again in SQL.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal, TypeVar
+from uuid import UUID
+
+from msgspec import Meta, Struct
+
+MAX_AMOUNT = 10**15
+MAX_FEE_SETTING = 10**15
+PAGE_LIMIT_MAX = 500
+PAGE_LIMIT_DEFAULT = 50
+
+Amount = Annotated[int, Meta(ge=1, le=MAX_AMOUNT, description="Rials, an integer from 1 to 10^15")]
+OwnerId = Annotated[str, Meta(min_length=1, max_length=255)]
+Currency = Annotated[str, Meta(pattern="^[A-Z]{3}$", description="Three upper-case letters")]
+Reference = Annotated[str, Meta(min_length=1, max_length=255)]
+Metadata = Annotated[dict[str, Any], Meta(description="A JSON object of at most 4096 bytes")]
+Fee = Annotated[int, Meta(ge=0, le=MAX_FEE_SETTING)]
+Operation = Literal["deposit", "withdrawal", "transfer"]
+StructT = TypeVar("StructT", bound=Struct)
+
+
+class Request(Struct, frozen=True, forbid_unknown_fields=True):
+    pass
+
+
+class OpenWalletRequest(Request):
+    owner_id: OwnerId
+    currency: Currency = "IRR"
+    metadata: Metadata = {}
+
+
+class DepositRequest(Request):
+    amount: Amount
+    reference: Reference | None = None
+    metadata: Metadata = {}
+
+
+class WithdrawalRequest(Request):
+    amount: Amount
+    reference: Reference | None = None
+    metadata: Metadata = {}
+
+
+class TransferRequest(Request):
+    from_wallet_id: UUID
+    to_wallet_id: UUID
+    amount: Amount
+    reference: Reference | None = None
+    metadata: Metadata = {}
+
+
+class CommissionRuleRequest(Request):
+    rate_bps: Annotated[int, Meta(ge=0, le=10000, description="Basis points of the amount")]
+    fixed: Fee
+    min_fee: Fee
+    max_fee: Fee | None
+    owner_id: OwnerId | None = None
+
+
+class Wallet(Struct, frozen=True):
+    id: UUID
+    owner_id: str
+    currency: str
+    status: Literal["active", "frozen", "closed"]
+    balance: int
+    available: int
+    pending: int
+    created_at: datetime
+    updated_at: datetime
+    metadata: dict[str, Any]
+
+
+class Transaction(Struct, frozen=True):
+    id: UUID
+    kind: Literal["deposit", "withdrawal", "transfer"]
+    status: Literal["posted", "scheduled", "canceled", "failed"]
+    wallet_id: UUID | None
+    from_wallet_id: UUID | None
+    to_wallet_id: UUID | None
+    currency: str
+    amount: int
+    fee: int
+    reference: str | None
+    metadata: dict[str, Any]
+    available_at: datetime | None
+    created_at: datetime
+    posted_at: datetime | None
+    failure_reason: str | None
+
+
+class HistoryItem(Struct, frozen=True):
+    transaction_id: UUID
+    kind: Literal["deposit", "withdrawal", "transfer"]
+    status: Literal["posted", "scheduled", "canceled", "failed"]
+    amount: Annotated[int, Meta(description="Signed net effect on this wallet")]
+    fee: int
+    balance_after: int | None
+    created_at: datetime
+    reference: str | None
+
+
+class CommissionRule(Struct, frozen=True):
+    operation: Operation
+    owner_id: str | None
+    rate_bps: int
+    fixed: int
+    min_fee: int
+    max_fee: int | None
+    created_at: datetime
+
+
+class WalletPage(Struct, frozen=True):
+    items: list[Wallet]
+    next_cursor: str | None
+
+
+class HistoryPage(Struct, frozen=True):
+    items: list[HistoryItem]
+    next_cursor: str | None
+
+
+class CommissionRules(Struct, frozen=True):
+    items: list[CommissionRule]
+
+
+class Violation(Struct, frozen=True):
+    check_name: str
+    detail: str
+
+
+class LedgerReport(Struct, frozen=True):
+    ok: bool
+    violations: list[Violation]
+
+
+def from_record(struct: type[StructT], record: Any) -> StructT:
+    """A response Struct from a database row, taking the Struct's fields by name."""
+    return struct(**{field: record[field] for field in struct.__struct_fields__})

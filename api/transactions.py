@@ -1,0 +1,81 @@
+"""Transactions, commission rules and the ledger check: the read side and the settings."""
+
+from __future__ import annotations
+
+from typing import Annotated
+from uuid import UUID
+
+import asyncpg
+from litestar import Controller, get, put
+from litestar.params import Parameter
+
+from api.auth import Principal
+from api.schemas import (
+    CommissionRule,
+    CommissionRuleRequest,
+    CommissionRules,
+    LedgerReport,
+    Operation,
+    Transaction,
+    Violation,
+    from_record,
+)
+
+
+class TransactionController(Controller):
+    path = "/v1/transactions"
+    tags = ["transactions"]
+
+    @get("/{transaction_id:str}", opt={"scope": "wallets:read"}, operation_id="getTransaction")
+    async def get_transaction(
+        self, transaction_id: UUID, principal: Principal, pool: asyncpg.Pool
+    ) -> Transaction:
+        """Read a transaction (either side of a transfer may read it)."""
+        record = await pool.fetchrow(
+            "SELECT * FROM wallet.get_transaction($1, $2)", principal.owner_id, transaction_id
+        )
+        return from_record(Transaction, record)
+
+
+class CommissionController(Controller):
+    path = "/v1/commission-rules"
+    tags = ["commission"]
+
+    @get("/", opt={"scope": "commissions:read"}, operation_id="listCommissionRules")
+    async def list_rules(self, pool: asyncpg.Pool) -> CommissionRules:
+        """The rules in force: per operation a default and per-owner overrides."""
+        records = await pool.fetch("SELECT * FROM wallet.commission_rules_in_force()")
+        return CommissionRules(items=[from_record(CommissionRule, record) for record in records])
+
+    @put("/{operation:str}", opt={"scope": "commissions:write"}, operation_id="setCommissionRule")
+    async def set_rule(
+        self,
+        operation: Annotated[Operation, Parameter(description="deposit, withdrawal or transfer")],
+        data: CommissionRuleRequest,
+        principal: Principal,
+        pool: asyncpg.Pool,
+    ) -> CommissionRule:
+        """Put a rule in force for operations created from now on; the old rule stays in history."""
+        record = await pool.fetchrow(
+            "SELECT * FROM wallet.set_commission_rule($1, $2, $3, $4, $5, $6, $7)",
+            principal.sub,
+            operation,
+            data.owner_id,
+            data.rate_bps,
+            data.fixed,
+            data.min_fee,
+            data.max_fee,
+        )
+        return from_record(CommissionRule, record)
+
+
+class LedgerController(Controller):
+    path = "/v1/ledger"
+    tags = ["ledger"]
+
+    @get("/verify", opt={"scope": "ledger:audit"}, operation_id="verifyLedger")
+    async def verify(self, pool: asyncpg.Pool) -> LedgerReport:
+        """Check the whole ledger; ok is true when no check finds a violation."""
+        records = await pool.fetch("SELECT check_name, detail FROM wallet.verify_ledger()")
+        violations = [from_record(Violation, record) for record in records]
+        return LedgerReport(ok=not violations, violations=violations)

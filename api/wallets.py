@@ -1,0 +1,153 @@
+"""Wallets: open, read, list, freeze, unfreeze, close, and their history."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+from uuid import UUID
+
+import asyncpg
+from litestar import Controller, Response, get, post
+from litestar.params import Parameter
+
+from api.auth import Principal
+from api.errors import ApiError
+from api.plumbing import Idempotency, created, decode_cursor, encode_cursor, ok
+from api.schemas import (
+    PAGE_LIMIT_DEFAULT,
+    PAGE_LIMIT_MAX,
+    HistoryItem,
+    HistoryPage,
+    OpenWalletRequest,
+    Wallet,
+    WalletPage,
+    from_record,
+)
+
+Limit = Annotated[int, Parameter(ge=1, le=PAGE_LIMIT_MAX, description="Page size")]
+Cursor = Annotated[str | None, Parameter(max_length=64, description="next_cursor of the previous page")]
+
+
+class WalletController(Controller):
+    path = "/v1/wallets"
+    tags = ["wallets"]
+
+    @post("/", opt={"scope": "wallets:create"}, operation_id="openWallet", status_code=201)
+    async def open_wallet(
+        self,
+        data: OpenWalletRequest,
+        principal: Principal,
+        idempotency: Idempotency,
+        pool: asyncpg.Pool,
+    ) -> Response[Wallet]:
+        """Open a wallet for an owner."""
+        if principal.owner_id is not None and data.owner_id != principal.owner_id:
+            raise ApiError(403, "forbidden", "this token opens wallets for its own owner_id only")
+        record = await pool.fetchrow(
+            "SELECT * FROM wallet.open_wallet($1, $2, $3, $4, $5, $6)",
+            principal.sub,
+            idempotency.key,
+            idempotency.fingerprint,
+            data.owner_id,
+            data.currency,
+            data.metadata,
+        )
+        return created(from_record(Wallet, record), record, f"/v1/wallets/{record['id']}")
+
+    @get("/{wallet_id:str}", opt={"scope": "wallets:read"}, operation_id="getWallet")
+    async def get_wallet(self, wallet_id: UUID, principal: Principal, pool: asyncpg.Pool) -> Wallet:
+        """Read a wallet."""
+        record = await pool.fetchrow("SELECT * FROM wallet.get_wallet($1, $2)", principal.owner_id, wallet_id)
+        return from_record(Wallet, record)
+
+    @get("/", opt={"scope": "wallets:read"}, operation_id="listWallets")
+    async def list_wallets(
+        self,
+        principal: Principal,
+        pool: asyncpg.Pool,
+        owner_id: Annotated[str | None, Parameter(min_length=1, max_length=255)] = None,
+        limit: Limit = PAGE_LIMIT_DEFAULT,
+        cursor: Cursor = None,
+    ) -> WalletPage:
+        """List wallets, oldest first; an owner's token sees its own wallets only."""
+        if principal.owner_id is not None:
+            if owner_id not in (None, principal.owner_id):
+                return WalletPage(items=[], next_cursor=None)
+            owner_id = principal.owner_id
+        records = await pool.fetch(
+            "SELECT * FROM wallet.list_wallets($1, $2, $3)",
+            owner_id,
+            limit + 1,
+            decode_cursor(cursor, UUID),
+        )
+        items = [from_record(Wallet, record) for record in records[:limit]]
+        next_cursor = encode_cursor(items[-1].id) if len(records) > limit else None
+        return WalletPage(items=items, next_cursor=next_cursor)
+
+    @post("/{wallet_id:str}/freeze", opt={"scope": "wallets:admin"}, operation_id="freezeWallet")
+    async def freeze(
+        self, wallet_id: UUID, principal: Principal, idempotency: Idempotency, pool: asyncpg.Pool
+    ) -> Response[Wallet]:
+        """Freeze a wallet: no money moves in or out until it is unfrozen."""
+        return await _change_status("freeze_wallet", wallet_id, principal, idempotency, pool)
+
+    @post("/{wallet_id:str}/unfreeze", opt={"scope": "wallets:admin"}, operation_id="unfreezeWallet")
+    async def unfreeze(
+        self, wallet_id: UUID, principal: Principal, idempotency: Idempotency, pool: asyncpg.Pool
+    ) -> Response[Wallet]:
+        """Unfreeze a frozen wallet."""
+        return await _change_status("unfreeze_wallet", wallet_id, principal, idempotency, pool)
+
+    @post("/{wallet_id:str}/close", opt={"scope": "wallets:admin"}, operation_id="closeWallet")
+    async def close(
+        self, wallet_id: UUID, principal: Principal, idempotency: Idempotency, pool: asyncpg.Pool
+    ) -> Response[Wallet]:
+        """Close an empty wallet, for good."""
+        return await _change_status("close_wallet", wallet_id, principal, idempotency, pool)
+
+    @get("/{wallet_id:str}/transactions", opt={"scope": "wallets:read"}, operation_id="walletHistory")
+    async def history(
+        self,
+        wallet_id: UUID,
+        principal: Principal,
+        pool: asyncpg.Pool,
+        limit: Limit = PAGE_LIMIT_DEFAULT,
+        cursor: Cursor = None,
+        kind: Literal["deposit", "withdrawal", "transfer"] | None = None,
+        since: Annotated[datetime | None, Parameter(description="RFC 3339, inclusive")] = None,
+        until: Annotated[datetime | None, Parameter(description="RFC 3339, exclusive")] = None,
+    ) -> HistoryPage:
+        """A wallet's history, newest first; posted amounts sum to the balance."""
+        if any(moment is not None and moment.tzinfo is None for moment in (since, until)):
+            raise ApiError(400, "invalid_request", "since and until need a UTC offset (RFC 3339)")
+        records = await pool.fetch(
+            "SELECT * FROM wallet.wallet_history($1, $2, $3, $4, $5, $6, $7)",
+            principal.owner_id,
+            wallet_id,
+            limit + 1,
+            decode_cursor(cursor, int),
+            kind,
+            since,
+            until,
+        )
+        items = [from_record(HistoryItem, record) for record in records[:limit]]
+        next_cursor = encode_cursor(records[limit - 1]["seq"]) if len(records) > limit else None
+        return HistoryPage(items=items, next_cursor=next_cursor)
+
+
+async def _change_status(
+    function: str,
+    wallet_id: UUID,
+    principal: Principal,
+    idempotency: Idempotency,
+    pool: asyncpg.Pool,
+) -> Response[Wallet]:
+    record = await pool.fetchrow(
+        f"SELECT * FROM wallet.{function}($1, $2, $3, $4, $5)",
+        principal.sub,
+        idempotency.key,
+        idempotency.fingerprint,
+        principal.owner_id,
+        wallet_id,
+    )
+    return ok(from_record(Wallet, record), record)
