@@ -15,7 +15,7 @@ from api.schemas import DepositRequest, Transaction, TransferRequest, Withdrawal
 
 class MovementController(Controller):
     path = "/v1"
-    tags = ["money movements"]
+    tags = ("money movements",)
 
     @post("/wallets/{wallet_id:str}/deposits", opt={"scope": "deposits:write"}, operation_id="deposit")
     async def deposit(

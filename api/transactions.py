@@ -24,7 +24,7 @@ from api.schemas import (
 
 class TransactionController(Controller):
     path = "/v1/transactions"
-    tags = ["transactions"]
+    tags = ("transactions",)
 
     @get("/{transaction_id:str}", opt={"scope": "wallets:read"}, operation_id="getTransaction")
     async def get_transaction(
@@ -39,7 +39,7 @@ class TransactionController(Controller):
 
 class CommissionController(Controller):
     path = "/v1/commission-rules"
-    tags = ["commission"]
+    tags = ("commission",)
 
     @get("/", opt={"scope": "commissions:read"}, operation_id="listCommissionRules")
     async def list_rules(self, pool: asyncpg.Pool) -> CommissionRules:
@@ -71,7 +71,7 @@ class CommissionController(Controller):
 
 class LedgerController(Controller):
     path = "/v1/ledger"
-    tags = ["ledger"]
+    tags = ("ledger",)
 
     @get("/verify", opt={"scope": "ledger:audit"}, operation_id="verifyLedger")
     async def verify(self, pool: asyncpg.Pool) -> LedgerReport:

@@ -30,7 +30,7 @@ Cursor = Annotated[str | None, Parameter(max_length=64, description="next_cursor
 
 class WalletController(Controller):
     path = "/v1/wallets"
-    tags = ["wallets"]
+    tags = ("wallets",)
 
     @post("/", opt={"scope": "wallets:create"}, operation_id="openWallet", status_code=201)
     async def open_wallet(
