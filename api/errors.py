@@ -19,6 +19,7 @@ from litestar.exceptions import (
     PermissionDeniedException,
     ValidationException,
 )
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 logger = logging.getLogger("wallet.api")
@@ -96,6 +97,34 @@ class ApiError(Exception):
     def __init__(self, status: int, code: str, detail: str) -> None:
         super().__init__(detail)
         self.status, self.code, self.detail = status, code, detail
+
+
+PROBLEM_CODES_BY_STATUS = {
+    400: "invalid_request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    409: "wallet_not_active, wallet_not_empty, transaction_not_cancelable, idempotency_key_reused",
+    413: "payload_too_large",
+    422: "insufficient_funds, currency_mismatch, same_wallet, amount_below_fee",
+    503: "unavailable (with Retry-After)",
+}
+
+
+def problem_responses(*statuses: int, codes: dict[int, str] | None = None) -> dict[int, ResponseSpec]:
+    """OpenAPI responses for a handler: the given statuses plus 400, 401, 403 and 503, which any
+    authenticated route can answer. `codes` narrows the codes listed for a status."""
+    codes = codes or {}
+    return {
+        status: ResponseSpec(
+            Problem,
+            description="application/problem+json; code: "
+            + codes.get(status, PROBLEM_CODES_BY_STATUS[status]),
+            media_type=PROBLEM_MEDIA_TYPE,
+            generate_examples=False,
+        )
+        for status in sorted({400, 401, 403, 503, *statuses})
+    }
 
 
 def problem(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> Response:

@@ -8,16 +8,27 @@ import asyncpg
 from litestar import Controller, Response, post
 
 from api.auth import Principal
+from api.errors import problem_responses
 from api.metrics import move_money
 from api.plumbing import Idempotency, created
 from api.schemas import DepositRequest, Transaction, TransferRequest, WithdrawalRequest, from_record
+
+MOVEMENT_409 = "wallet_not_active, idempotency_key_reused"
+DEPOSIT_CODES = {409: MOVEMENT_409, 422: "amount_below_fee"}
+WITHDRAWAL_CODES = {409: MOVEMENT_409, 422: "insufficient_funds"}
+TRANSFER_CODES = {409: MOVEMENT_409, 422: "insufficient_funds, currency_mismatch, same_wallet"}
 
 
 class MovementController(Controller):
     path = "/v1"
     tags = ("money movements",)
 
-    @post("/wallets/{wallet_id:str}/deposits", opt={"scope": "deposits:write"}, operation_id="deposit")
+    @post(
+        "/wallets/{wallet_id:str}/deposits",
+        opt={"scope": "deposits:write"},
+        operation_id="deposit",
+        responses=problem_responses(404, 409, 413, 422, codes=DEPOSIT_CODES),
+    )
     async def deposit(
         self,
         wallet_id: UUID,
@@ -46,6 +57,7 @@ class MovementController(Controller):
         "/wallets/{wallet_id:str}/withdrawals",
         opt={"scope": "withdrawals:write"},
         operation_id="withdraw",
+        responses=problem_responses(404, 409, 413, 422, codes=WITHDRAWAL_CODES),
     )
     async def withdraw(
         self,
@@ -71,7 +83,12 @@ class MovementController(Controller):
         )
         return created(from_record(Transaction, record), record, f"/v1/transactions/{record['id']}")
 
-    @post("/transfers", opt={"scope": "transfers:write"}, operation_id="transfer")
+    @post(
+        "/transfers",
+        opt={"scope": "transfers:write"},
+        operation_id="transfer",
+        responses=problem_responses(404, 409, 413, 422, codes=TRANSFER_CODES),
+    )
     async def transfer(
         self,
         data: TransferRequest,

@@ -7,11 +7,12 @@ import binascii
 import hashlib
 import re
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
 import asyncpg
 import msgspec
 from litestar import Request, Response
+from litestar.params import Parameter
 
 from api.errors import ApiError
 
@@ -41,9 +42,21 @@ class Idempotency(msgspec.Struct, frozen=True):
     fingerprint: str | None
 
 
-async def provide_idempotency(request: Request) -> Idempotency:
+async def provide_idempotency(
+    request: Request,
+    idempotency_key: Annotated[
+        str | None,
+        Parameter(
+            header="Idempotency-Key",
+            min_length=1,
+            max_length=255,
+            description="1 to 255 printable ASCII characters; a retry with the same key and request "
+            "returns the first response (Idempotent-Replayed: true).",
+        ),
+    ] = None,
+) -> Idempotency:
     """The Idempotency-Key header and a fingerprint of the request it must match (SPEC 6)."""
-    key = request.headers.get("idempotency-key")
+    key = idempotency_key
     if key is None:
         return Idempotency(key=None, fingerprint=None)
     if not IDEMPOTENCY_KEY.match(key):

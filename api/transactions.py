@@ -10,6 +10,7 @@ from litestar import Controller, get, put
 from litestar.params import Parameter
 
 from api.auth import Principal
+from api.errors import problem_responses
 from api.schemas import (
     CommissionRule,
     CommissionRuleRequest,
@@ -26,7 +27,12 @@ class TransactionController(Controller):
     path = "/v1/transactions"
     tags = ("transactions",)
 
-    @get("/{transaction_id:str}", opt={"scope": "wallets:read"}, operation_id="getTransaction")
+    @get(
+        "/{transaction_id:str}",
+        opt={"scope": "wallets:read"},
+        operation_id="getTransaction",
+        responses=problem_responses(404),
+    )
     async def get_transaction(
         self, transaction_id: UUID, principal: Principal, pool: asyncpg.Pool
     ) -> Transaction:
@@ -41,13 +47,23 @@ class CommissionController(Controller):
     path = "/v1/commission-rules"
     tags = ("commission",)
 
-    @get("/", opt={"scope": "commissions:read"}, operation_id="listCommissionRules")
+    @get(
+        "/",
+        opt={"scope": "commissions:read"},
+        operation_id="listCommissionRules",
+        responses=problem_responses(),
+    )
     async def list_rules(self, pool: asyncpg.Pool) -> CommissionRules:
         """The rules in force: per operation a default and per-owner overrides."""
         records = await pool.fetch("SELECT * FROM wallet.commission_rules_in_force()")
         return CommissionRules(items=[from_record(CommissionRule, record) for record in records])
 
-    @put("/{operation:str}", opt={"scope": "commissions:write"}, operation_id="setCommissionRule")
+    @put(
+        "/{operation:str}",
+        opt={"scope": "commissions:write"},
+        operation_id="setCommissionRule",
+        responses=problem_responses(413),
+    )
     async def set_rule(
         self,
         operation: Annotated[Operation, Parameter(description="deposit, withdrawal or transfer")],
@@ -73,7 +89,7 @@ class LedgerController(Controller):
     path = "/v1/ledger"
     tags = ("ledger",)
 
-    @get("/verify", opt={"scope": "ledger:audit"}, operation_id="verifyLedger")
+    @get("/verify", opt={"scope": "ledger:audit"}, operation_id="verifyLedger", responses=problem_responses())
     async def verify(self, pool: asyncpg.Pool) -> LedgerReport:
         """Check the whole ledger; ok is true when no check finds a violation."""
         records = await pool.fetch("SELECT check_name, detail FROM wallet.verify_ledger()")

@@ -11,7 +11,7 @@ from litestar import Controller, Response, get, post
 from litestar.params import Parameter
 
 from api.auth import Principal
-from api.errors import ApiError
+from api.errors import ApiError, problem_responses
 from api.plumbing import Idempotency, created, decode_cursor, encode_cursor, ok
 from api.schemas import (
     PAGE_LIMIT_DEFAULT,
@@ -32,7 +32,13 @@ class WalletController(Controller):
     path = "/v1/wallets"
     tags = ("wallets",)
 
-    @post("/", opt={"scope": "wallets:create"}, operation_id="openWallet", status_code=201)
+    @post(
+        "/",
+        opt={"scope": "wallets:create"},
+        operation_id="openWallet",
+        responses=problem_responses(409, 413, codes={409: "idempotency_key_reused"}),
+        status_code=201,
+    )
     async def open_wallet(
         self,
         data: OpenWalletRequest,
@@ -54,13 +60,18 @@ class WalletController(Controller):
         )
         return created(from_record(Wallet, record), record, f"/v1/wallets/{record['id']}")
 
-    @get("/{wallet_id:str}", opt={"scope": "wallets:read"}, operation_id="getWallet")
+    @get(
+        "/{wallet_id:str}",
+        opt={"scope": "wallets:read"},
+        operation_id="getWallet",
+        responses=problem_responses(404),
+    )
     async def get_wallet(self, wallet_id: UUID, principal: Principal, pool: asyncpg.Pool) -> Wallet:
         """Read a wallet."""
         record = await pool.fetchrow("SELECT * FROM wallet.get_wallet($1, $2)", principal.owner_id, wallet_id)
         return from_record(Wallet, record)
 
-    @get("/", opt={"scope": "wallets:read"}, operation_id="listWallets")
+    @get("/", opt={"scope": "wallets:read"}, operation_id="listWallets", responses=problem_responses())
     async def list_wallets(
         self,
         principal: Principal,
@@ -84,28 +95,48 @@ class WalletController(Controller):
         next_cursor = encode_cursor(items[-1].id) if len(records) > limit else None
         return WalletPage(items=items, next_cursor=next_cursor)
 
-    @post("/{wallet_id:str}/freeze", opt={"scope": "wallets:admin"}, operation_id="freezeWallet")
+    @post(
+        "/{wallet_id:str}/freeze",
+        opt={"scope": "wallets:admin"},
+        operation_id="freezeWallet",
+        responses=problem_responses(404, 409, codes={409: "wallet_not_active, idempotency_key_reused"}),
+    )
     async def freeze(
         self, wallet_id: UUID, principal: Principal, idempotency: Idempotency, pool: asyncpg.Pool
     ) -> Response[Wallet]:
         """Freeze a wallet: no money moves in or out until it is unfrozen."""
         return await _change_status("freeze_wallet", wallet_id, principal, idempotency, pool)
 
-    @post("/{wallet_id:str}/unfreeze", opt={"scope": "wallets:admin"}, operation_id="unfreezeWallet")
+    @post(
+        "/{wallet_id:str}/unfreeze",
+        opt={"scope": "wallets:admin"},
+        operation_id="unfreezeWallet",
+        responses=problem_responses(404, 409, codes={409: "wallet_not_active, idempotency_key_reused"}),
+    )
     async def unfreeze(
         self, wallet_id: UUID, principal: Principal, idempotency: Idempotency, pool: asyncpg.Pool
     ) -> Response[Wallet]:
         """Unfreeze a frozen wallet."""
         return await _change_status("unfreeze_wallet", wallet_id, principal, idempotency, pool)
 
-    @post("/{wallet_id:str}/close", opt={"scope": "wallets:admin"}, operation_id="closeWallet")
+    @post(
+        "/{wallet_id:str}/close",
+        opt={"scope": "wallets:admin"},
+        operation_id="closeWallet",
+        responses=problem_responses(404, 409, codes={409: "wallet_not_empty, idempotency_key_reused"}),
+    )
     async def close(
         self, wallet_id: UUID, principal: Principal, idempotency: Idempotency, pool: asyncpg.Pool
     ) -> Response[Wallet]:
         """Close an empty wallet, for good."""
         return await _change_status("close_wallet", wallet_id, principal, idempotency, pool)
 
-    @get("/{wallet_id:str}/transactions", opt={"scope": "wallets:read"}, operation_id="walletHistory")
+    @get(
+        "/{wallet_id:str}/transactions",
+        opt={"scope": "wallets:read"},
+        operation_id="walletHistory",
+        responses=problem_responses(404),
+    )
     async def history(
         self,
         wallet_id: UUID,
