@@ -48,6 +48,7 @@ LEDGER_ERRORS: dict[str, tuple[int, str]] = {
     "WM422": (422, "currency_mismatch"),
     "WW422": (422, "same_wallet"),
     "WB422": (422, "amount_below_fee"),
+    "WL422": (422, "balance_limit_exceeded"),
 }
 
 TITLES = {
@@ -65,6 +66,7 @@ TITLES = {
     "currency_mismatch": "The currencies differ",
     "same_wallet": "Source and destination are the same wallet",
     "amount_below_fee": "The amount does not cover the fee",
+    "balance_limit_exceeded": "The wallet would exceed its maximum balance",
     "unavailable": "The service is unavailable; retry shortly",
     "internal": "Internal error",
 }
@@ -106,7 +108,7 @@ PROBLEM_CODES_BY_STATUS = {
     404: "not_found",
     409: "wallet_not_active, wallet_not_empty, transaction_not_cancelable, idempotency_key_reused",
     413: "payload_too_large",
-    422: "insufficient_funds, currency_mismatch, same_wallet, amount_below_fee",
+    422: "insufficient_funds, currency_mismatch, same_wallet, amount_below_fee, balance_limit_exceeded",
     503: "unavailable (with Retry-After)",
 }
 

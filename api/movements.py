@@ -14,9 +14,12 @@ from api.plumbing import Idempotency, created
 from api.schemas import DepositRequest, Transaction, TransferRequest, WithdrawalRequest, from_record
 
 MOVEMENT_409 = "wallet_not_active, idempotency_key_reused"
-DEPOSIT_CODES = {409: MOVEMENT_409, 422: "amount_below_fee"}
+DEPOSIT_CODES = {409: MOVEMENT_409, 422: "amount_below_fee, balance_limit_exceeded"}
 WITHDRAWAL_CODES = {409: MOVEMENT_409, 422: "insufficient_funds"}
-TRANSFER_CODES = {409: MOVEMENT_409, 422: "insufficient_funds, currency_mismatch, same_wallet"}
+TRANSFER_CODES = {
+    409: MOVEMENT_409,
+    422: "insufficient_funds, currency_mismatch, same_wallet, balance_limit_exceeded",
+}
 
 
 class MovementController(Controller):

@@ -10,6 +10,7 @@ CREATE SCHEMA IF NOT EXISTS wallet;
 -- new rows land at the right edge of the primary-key index instead of a random page.
 CREATE FUNCTION wallet.uuid_v7() RETURNS uuid
 LANGUAGE sql VOLATILE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT encode(
         set_bit(
@@ -29,8 +30,8 @@ CREATE TABLE wallet.wallets (
     owner_id    text        NOT NULL CHECK (length(owner_id) BETWEEN 1 AND 255),
     currency    text        NOT NULL DEFAULT 'IRR' CHECK (currency ~ '^[A-Z]{3}$'),
     status      text        NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'frozen', 'closed')),
-    balance     bigint      NOT NULL DEFAULT 0 CHECK (balance >= 0),
-    pending     bigint      NOT NULL DEFAULT 0 CHECK (pending >= 0),
+    balance     bigint      NOT NULL DEFAULT 0 CHECK (balance BETWEEN 0 AND 1000000000000000000),
+    pending     bigint      NOT NULL DEFAULT 0 CHECK (pending BETWEEN 0 AND 1000000000000000000),
     metadata    jsonb       NOT NULL DEFAULT '{}'
                             CHECK (jsonb_typeof(metadata) = 'object' AND octet_length(metadata::text) <= 4096),
     created_at  timestamptz NOT NULL DEFAULT now(),

@@ -12,7 +12,7 @@ CREATE OR REPLACE FUNCTION wallet.commission_fee(
     p_min_fee  bigint,
     p_max_fee  bigint
 ) RETURNS bigint
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT greatest(

@@ -6,7 +6,7 @@
 -- system legs, and only then lock the wallet: the lock is held for the credit, one
 -- entry and the commit.
 -- Locks: the wallet row (in wallet.post_wallet_entry).
--- Raises: WI400 invalid_request, WN404 not_found, WB422 amount_below_fee,
+-- Raises: WI400 invalid_request, WN404 not_found, WB422 amount_below_fee, WL422 balance_limit_exceeded,
 --         WS409 wallet_not_active, WK409 idempotency_key_reused.
 CREATE OR REPLACE FUNCTION wallet.deposit(
     p_caller_id       text,

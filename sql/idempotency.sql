@@ -90,7 +90,7 @@ AS $$
 DECLARE
     v_removed bigint;
 BEGIN
-    IF p_older_than < interval '24 hours' THEN
+    IF p_older_than IS NULL OR p_older_than < interval '24 hours' THEN
         RAISE EXCEPTION USING ERRCODE = 'WI400',
             MESSAGE = 'idempotency keys are kept at least 24 hours';
     END IF;

@@ -5,9 +5,10 @@
 -- Locks: the wallet row, by the UPDATE itself, until the caller's transaction ends.
 -- Callers locking two wallets call this in wallet id order, so opposite transfers wait
 -- for each other instead of deadlocking.
--- A debit applies only while the balance covers it; the check and the write are one
+-- A debit applies only while the balance covers it, a credit only while the balance stays
+-- within 10^18 (so the sum can never overflow); the check and the write are one
 -- statement, re-checked by PostgreSQL on the newest row version after any wait.
--- Raises: WS409 wallet_not_active, WF422 insufficient_funds.
+-- Raises: WS409 wallet_not_active, WF422 insufficient_funds, WL422 balance_limit_exceeded.
 CREATE OR REPLACE FUNCTION wallet.post_wallet_entry(
     p_transaction_id uuid,
     p_wallet_id      uuid,
@@ -25,13 +26,17 @@ BEGIN
     SET balance = balance + p_net_amount, updated_at = now()
     WHERE id = p_wallet_id
       AND status = 'active'
-      AND balance + p_net_amount >= 0
+      AND balance + p_net_amount BETWEEN 0 AND 1000000000000000000
     RETURNING balance INTO v_balance_after;
 
     IF NOT FOUND THEN
         SELECT * INTO STRICT v_wallet FROM wallet.wallets WHERE id = p_wallet_id;
         IF v_wallet.status <> 'active' THEN
             RAISE EXCEPTION USING ERRCODE = 'WS409', MESSAGE = format('wallet is %s', v_wallet.status),
+                DETAIL = format('wallet %s', p_wallet_id);
+        END IF;
+        IF p_net_amount > 0 THEN
+            RAISE EXCEPTION USING ERRCODE = 'WL422', MESSAGE = 'the wallet would exceed the maximum balance of 10^18',
                 DETAIL = format('wallet %s', p_wallet_id);
         END IF;
         RAISE EXCEPTION USING ERRCODE = 'WF422', MESSAGE = 'insufficient funds',

@@ -8,7 +8,8 @@
 -- Locks: both wallet rows, lower id first, so two opposite transfers never deadlock.
 -- Raises: WI400 invalid_request, WN404 not_found (either wallet; the sender also when
 --         it belongs to another owner), WW422 same_wallet, WM422 currency_mismatch,
---         WS409 wallet_not_active, WF422 insufficient_funds, WK409 idempotency_key_reused.
+--         WS409 wallet_not_active, WF422 insufficient_funds, WL422 balance_limit_exceeded,
+--         WK409 idempotency_key_reused.
 CREATE OR REPLACE FUNCTION wallet.transfer(
     p_caller_id       text,
     p_idempotency_key text,
