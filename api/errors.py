@@ -71,6 +71,9 @@ TITLES = {
     "internal": "Internal error",
 }
 
+# PostgreSQL refusing a value the client sent: a NUL character in text or JSON.
+CLIENT_INPUT_SQLSTATES = {"22021", "22P05"}
+
 # Failures that a retry can fix: the database is away, or a transaction lost a race.
 RETRYABLE_SQLSTATES = {
     "40001",
@@ -160,6 +163,8 @@ def handle_postgres_error(request: Request, error: asyncpg.PostgresError) -> Res
     if mapped is not None:
         status, code = mapped
         return problem(status, code, error.message)
+    if error.sqlstate in CLIENT_INPUT_SQLSTATES:
+        return problem(400, "invalid_request", "text and metadata must not contain NUL characters")
     if error.sqlstate in RETRYABLE_SQLSTATES:
         logger.warning("retryable database error %s on %s", error.sqlstate, request.url.path)
         return unavailable()

@@ -33,8 +33,10 @@ async def strict_body(request: Request) -> None:
         msgspec.json.decode(await request.body(), type=data_field.annotation, strict=True)
     except msgspec.ValidationError as error:
         raise ApiError(400, "invalid_request", str(error)) from None
-    except msgspec.DecodeError:
-        raise ApiError(400, "invalid_request", "the body is not valid JSON") from None
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        raise ApiError(400, "invalid_request", "the body is not valid UTF-8 JSON") from None
+    except RecursionError:
+        raise ApiError(400, "invalid_request", "the body is nested too deeply") from None
 
 
 class Idempotency(msgspec.Struct, frozen=True):

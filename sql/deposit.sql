@@ -1,11 +1,14 @@
--- wallet.deposit: money from the outside world into a wallet, posted now.
+-- wallet.deposit: money from the outside world into a wallet, posted now or scheduled.
 --
 -- The wallet is credited amount - fee; the fee goes to commission revenue.
+-- With p_available_at more than a second ahead (at most 366 days) the deposit is
+-- scheduled instead (see delayed_deposits.sql): its fee is fixed now, pending grows by
+-- amount - fee at once, and its settlement job is enqueued in this same transaction.
 -- Order: validate the request, read the wallet (owner and currency never change, so no
 -- lock), compute the fee, claim the idempotency key, write the transaction and the
--- system legs, and only then lock the wallet: the lock is held for the credit, one
--- entry and the commit.
--- Locks: the wallet row (in wallet.post_wallet_entry).
+-- system legs, and only then lock the wallet: the lock is held for the credit (or the
+-- pending change), one entry and the commit.
+-- Locks: the wallet row.
 -- Raises: WI400 invalid_request, WN404 not_found, WB422 amount_below_fee, WL422 balance_limit_exceeded,
 --         WS409 wallet_not_active, WK409 idempotency_key_reused.
 CREATE OR REPLACE FUNCTION wallet.deposit(
@@ -16,7 +19,8 @@ CREATE OR REPLACE FUNCTION wallet.deposit(
     p_wallet_id       uuid,
     p_amount          bigint,
     p_reference       text DEFAULT NULL,
-    p_metadata        jsonb DEFAULT '{}'
+    p_metadata        jsonb DEFAULT '{}',
+    p_available_at    timestamptz DEFAULT NULL
 ) RETURNS wallet.transaction_result
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -26,22 +30,30 @@ DECLARE
     v_wallet      wallet.wallets;
     v_transaction wallet.transactions;
     v_replay      jsonb;
+    v_scheduled   boolean := p_available_at > now() + interval '1 second';
 BEGIN
     PERFORM wallet.check_movement_request(p_amount, p_reference, coalesce(p_metadata, '{}'));
+    IF p_available_at > now() + interval '366 days' THEN
+        RAISE EXCEPTION USING ERRCODE = 'WI400', MESSAGE = 'available_at must be at most 366 days ahead';
+    END IF;
     v_wallet := wallet.find_wallet(p_acting_owner_id, p_wallet_id);
 
     v_transaction.id         := wallet.uuid_v7();
     v_transaction.kind       := 'deposit';
-    v_transaction.status     := 'posted';
+    v_transaction.status     := CASE WHEN v_scheduled THEN 'scheduled' ELSE 'posted' END;
     v_transaction.wallet_id  := p_wallet_id;
     v_transaction.currency   := v_wallet.currency;
     v_transaction.amount     := p_amount;
     v_transaction.fee        := wallet.compute_fee('deposit', v_wallet.owner_id, p_amount);
     v_transaction.reference  := p_reference;
     v_transaction.metadata   := coalesce(p_metadata, '{}');
+    v_transaction.available_at := p_available_at;
     v_transaction.created_at := now();
-    v_transaction.posted_at  := now();
+    v_transaction.posted_at  := CASE WHEN v_scheduled THEN NULL ELSE now() END;
     v_transaction.created_by := p_caller_id;
+    IF v_scheduled THEN
+        v_transaction.history_seq := nextval('wallet.history_seq');
+    END IF;
 
     v_replay := wallet.claim_idempotency_key(p_caller_id, p_idempotency_key, 'deposit', p_fingerprint,
                                              to_jsonb(wallet.to_transaction_result(v_transaction, false)));
@@ -55,6 +67,17 @@ BEGIN
     END IF;
 
     INSERT INTO wallet.transactions VALUES (v_transaction.*);
+    IF v_scheduled THEN
+        UPDATE wallet.wallets SET pending = pending + (p_amount - v_transaction.fee), updated_at = now()
+        WHERE id = p_wallet_id AND status = 'active';
+        IF NOT FOUND THEN
+            RAISE EXCEPTION USING ERRCODE = 'WS409', MESSAGE = 'wallet is not active',
+                DETAIL = format('wallet %s', p_wallet_id);
+        END IF;
+        PERFORM wallet.enqueue_settlement(v_transaction.id, p_available_at);
+        RETURN wallet.to_transaction_result(v_transaction, false);
+    END IF;
+
     PERFORM wallet.post_system_entries(v_transaction.id, v_wallet.currency,
                                        p_world_net => -p_amount, p_revenue_net => v_transaction.fee);
     PERFORM wallet.post_wallet_entry(v_transaction.id, p_wallet_id, v_wallet.currency,
@@ -63,5 +86,5 @@ BEGIN
 END
 $$;
 
-REVOKE ALL ON FUNCTION wallet.deposit(text, text, text, text, uuid, bigint, text, jsonb) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION wallet.deposit(text, text, text, text, uuid, bigint, text, jsonb) TO wallet_app;
+REVOKE ALL ON FUNCTION wallet.deposit(text, text, text, text, uuid, bigint, text, jsonb, timestamptz) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION wallet.deposit(text, text, text, text, uuid, bigint, text, jsonb, timestamptz) TO wallet_app;

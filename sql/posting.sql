@@ -1,7 +1,8 @@
 -- Posting: the only code that changes a wallet's balance or writes entries.
 
 -- wallet.post_wallet_entry: apply p_net_amount to one wallet and record the entry with
--- the balance before and after.
+-- the balance before and after. p_pending_change moves pending in the same update (a
+-- settling deposit leaves pending as it enters the balance).
 -- Locks: the wallet row, by the UPDATE itself, until the caller's transaction ends.
 -- Callers locking two wallets call this in wallet id order, so opposite transfers wait
 -- for each other instead of deadlocking.
@@ -13,7 +14,8 @@ CREATE OR REPLACE FUNCTION wallet.post_wallet_entry(
     p_transaction_id uuid,
     p_wallet_id      uuid,
     p_currency       text,
-    p_net_amount     bigint
+    p_net_amount     bigint,
+    p_pending_change bigint DEFAULT 0
 ) RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -23,7 +25,7 @@ DECLARE
     v_wallet        wallet.wallets;
 BEGIN
     UPDATE wallet.wallets
-    SET balance = balance + p_net_amount, updated_at = now()
+    SET balance = balance + p_net_amount, pending = pending + p_pending_change, updated_at = now()
     WHERE id = p_wallet_id
       AND status = 'active'
       AND balance + p_net_amount BETWEEN 0 AND 1000000000000000000
@@ -108,7 +110,7 @@ BEGIN
 END
 $$;
 
-REVOKE ALL ON FUNCTION wallet.post_wallet_entry(uuid, uuid, text, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION wallet.post_wallet_entry(uuid, uuid, text, bigint, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION wallet.post_system_entries(uuid, text, bigint, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION wallet.to_transaction_result(wallet.transactions, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION wallet.replayed_transaction(jsonb) FROM PUBLIC;

@@ -9,7 +9,9 @@
 -- seq orders the items (posting order within the wallet); pass the last seq of a page
 -- as p_before_seq for the next. p_since (inclusive) and p_until (exclusive) bound
 -- created_at. Locks nothing.
--- Raises: WI400 invalid_request (limit outside 1..500, unknown kind, since after until),
+-- At most 1000 rows a call (the API's pages are 1..500; it asks one more to see if a
+-- next page exists).
+-- Raises: WI400 invalid_request (limit outside 1..1000, unknown kind, since after until),
 --         WN404 not_found.
 CREATE OR REPLACE FUNCTION wallet.wallet_history(
     p_acting_owner_id text,
@@ -39,8 +41,8 @@ DECLARE
     v_since  timestamptz := coalesce(p_since, '-infinity');
     v_until  timestamptz := coalesce(p_until, 'infinity');
 BEGIN
-    IF p_limit IS NULL OR p_limit NOT BETWEEN 1 AND 500 THEN
-        RAISE EXCEPTION USING ERRCODE = 'WI400', MESSAGE = 'limit must be 1 to 500';
+    IF p_limit IS NULL OR p_limit NOT BETWEEN 1 AND 1000 THEN
+        RAISE EXCEPTION USING ERRCODE = 'WI400', MESSAGE = 'limit must be 1 to 1000';
     END IF;
     IF p_kind IS NOT NULL AND p_kind NOT IN ('deposit', 'withdrawal', 'transfer') THEN
         RAISE EXCEPTION USING ERRCODE = 'WI400', MESSAGE = 'kind must be deposit, withdrawal or transfer';

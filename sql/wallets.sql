@@ -82,7 +82,8 @@ $$;
 
 -- wallet.list_wallets: a keyset page of wallets in id order (ids are time-ordered, so
 -- oldest first), optionally of one owner; p_after_id is the last id of the previous page.
--- Raises: WI400 invalid_request (limit outside 1..500).
+-- At most 1000 rows a call (the API's pages are 1..500; it asks one more to see if a
+-- next page exists). Raises: WI400 invalid_request (limit outside 1..1000).
 CREATE OR REPLACE FUNCTION wallet.list_wallets(
     p_owner_id text,
     p_limit    integer DEFAULT 50,
@@ -93,8 +94,8 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF p_limit IS NULL OR p_limit NOT BETWEEN 1 AND 500 THEN
-        RAISE EXCEPTION USING ERRCODE = 'WI400', MESSAGE = 'limit must be 1 to 500';
+    IF p_limit IS NULL OR p_limit NOT BETWEEN 1 AND 1000 THEN
+        RAISE EXCEPTION USING ERRCODE = 'WI400', MESSAGE = 'limit must be 1 to 1000';
     END IF;
     RETURN QUERY
         SELECT (wallet.to_wallet_result(w, false)).*

@@ -131,13 +131,13 @@ def test_list_wallets_filters_by_owner_and_pages_within_it(db):
     assert list_wallets(db, owner="nobody") == []
 
 
-def test_list_wallets_limit_is_1_to_500_and_defaults_to_50(db):
+def test_list_wallets_limit_is_1_to_1000_and_defaults_to_50(db):
     db.execute("SELECT wallet.open_wallet('svc', NULL, NULL, 'm') FROM generate_series(1, 501)")
 
     assert len(db.execute("SELECT * FROM wallet.list_wallets(NULL)").fetchall()) == 50
     assert len(list_wallets(db, limit=1)) == 1
     assert len(list_wallets(db, limit=500)) == 500
-    for limit in (0, -1, 501, None):
+    for limit in (0, -1, 1001, None):
         with raises_sqlstate("WI400", f"limit {limit}"):
             list_wallets(db, limit=limit)
 

@@ -1,0 +1,212 @@
+-- Delayed deposits (SPEC 5): scheduled by wallet.deposit with a future available_at,
+-- settled exactly once by a procrastinate job, or canceled, or failed.
+--
+--   scheduled --settle--> posted            (balance += net, pending -= net)
+--   scheduled --cancel--> canceled          (pending -= net)
+--   scheduled --settle, wallet not active, retries spent--> failed   (pending -= net)
+--
+-- Every transition locks the transaction row first (FOR UPDATE), then the wallet row:
+-- a settle racing a cancel, or two deliveries of one job, serialise on the transaction
+-- row and the second sees the first's outcome. Movements lock only wallet rows, so the
+-- order transaction -> wallet can never form a cycle.
+--
+-- The settlement job lives in procrastinate's queue (schema public) and is enqueued in
+-- the same database transaction as the deposit: no deposit without its job, no job
+-- without its deposit. Its queueing_lock ('settle-deposit:<id>') allows one waiting job
+-- per deposit. No procrastinate `lock` is used: a job scheduled for the future would
+-- block every later job with the same lock until its time.
+
+-- wallet.enqueue_settlement: the procrastinate job that settles p_transaction_id at p_at.
+-- Returns the job id. procrastinate's functions name their tables unqualified, so this
+-- one (and wallet.delete_settlement_job) put its schema, public, on the search path,
+-- after pg_catalog.
+CREATE OR REPLACE FUNCTION wallet.enqueue_settlement(p_transaction_id uuid, p_at timestamptz)
+RETURNS bigint
+LANGUAGE sql
+SET search_path = pg_catalog, public, pg_temp
+AS $$
+    SELECT (public.procrastinate_defer_jobs_v1(ARRAY[
+        ROW('deposits',
+            'wallet:settle_deposit',
+            0,
+            NULL,
+            'settle-deposit:' || p_transaction_id,
+            jsonb_build_object('transaction_id', p_transaction_id),
+            p_at)::public.procrastinate_job_to_defer_v1
+    ]))[1]
+$$;
+
+-- wallet.delete_settlement_job: delete the waiting settlement job of p_transaction_id, if any.
+CREATE OR REPLACE FUNCTION wallet.delete_settlement_job(p_transaction_id uuid)
+RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, public, pg_temp
+AS $$
+    SELECT public.procrastinate_cancel_job_v1(id, false, true)
+    FROM public.procrastinate_jobs
+    WHERE queueing_lock = 'settle-deposit:' || p_transaction_id AND status = 'todo'
+$$;
+
+-- wallet.settle_deposit: post a due scheduled deposit. Called by the settlement job;
+-- safe to call any number of times (only the first call that finds it scheduled and due
+-- posts it). Returns the outcome: 'posted', 'not_due', or the status it already had
+-- ('posted', 'canceled', 'failed').
+-- When the wallet is frozen or closed: raises WS409 so the job retries later; on the
+-- last attempt (p_last_attempt) the deposit becomes 'failed' instead, its pending
+-- released, and 'failed' is returned.
+-- Locks: the transaction row, then the wallet row.
+-- Raises: WN404 not_found (no such deposit), WS409 wallet_not_active (retry).
+CREATE OR REPLACE FUNCTION wallet.settle_deposit(p_transaction_id uuid, p_last_attempt boolean DEFAULT false)
+RETURNS text
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_transaction wallet.transactions;
+    v_net_amount  bigint;
+    v_status      text;
+BEGIN
+    SELECT * INTO v_transaction
+    FROM wallet.transactions
+    WHERE id = p_transaction_id AND kind = 'deposit'
+    FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'WN404', MESSAGE = 'deposit not found',
+            DETAIL = format('transaction %s', p_transaction_id);
+    END IF;
+    IF v_transaction.status <> 'scheduled' THEN
+        RETURN v_transaction.status;
+    END IF;
+    IF v_transaction.available_at > now() THEN
+        RETURN 'not_due';
+    END IF;
+    v_net_amount := v_transaction.amount - v_transaction.fee;
+
+    SELECT status INTO STRICT v_status
+    FROM wallet.wallets WHERE id = v_transaction.wallet_id
+    FOR NO KEY UPDATE;
+
+    IF v_status <> 'active' THEN
+        IF NOT p_last_attempt THEN
+            RAISE EXCEPTION USING ERRCODE = 'WS409', MESSAGE = format('wallet is %s; settlement will be retried', v_status),
+                DETAIL = format('deposit %s, wallet %s', p_transaction_id, v_transaction.wallet_id);
+        END IF;
+        UPDATE wallet.wallets SET pending = pending - v_net_amount, updated_at = now()
+        WHERE id = v_transaction.wallet_id;
+        UPDATE wallet.transactions
+        SET status = 'failed',
+            failure_reason = format('wallet %s was %s at every settlement attempt', v_transaction.wallet_id, v_status),
+            history_seq = nextval('wallet.history_seq')
+        WHERE id = p_transaction_id;
+        RETURN 'failed';
+    END IF;
+
+    UPDATE wallet.transactions SET status = 'posted', posted_at = now() WHERE id = p_transaction_id;
+    PERFORM wallet.post_system_entries(p_transaction_id, v_transaction.currency,
+                                       p_world_net => -v_transaction.amount, p_revenue_net => v_transaction.fee);
+    PERFORM wallet.post_wallet_entry(p_transaction_id, v_transaction.wallet_id, v_transaction.currency,
+                                     v_net_amount, p_pending_change => -v_net_amount);
+    RETURN 'posted';
+END
+$$;
+
+-- wallet.cancel_deposit: cancel a scheduled deposit before it settles; its pending is
+-- released and its settlement job deleted.
+-- Locks: the transaction row, then the wallet row.
+-- Raises: WN404 not_found (unknown, or another owner's), WC409 transaction_not_cancelable
+--         (not a deposit, or not scheduled any more), WK409 idempotency_key_reused.
+CREATE OR REPLACE FUNCTION wallet.cancel_deposit(
+    p_caller_id       text,
+    p_idempotency_key text,
+    p_fingerprint     text,
+    p_acting_owner_id text,
+    p_transaction_id  uuid
+) RETURNS wallet.transaction_result
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_transaction wallet.transactions;
+    v_replay      jsonb;
+BEGIN
+    v_replay := wallet.claim_idempotency_key(p_caller_id, p_idempotency_key, 'cancel_deposit', p_fingerprint);
+    IF v_replay IS NOT NULL THEN
+        RETURN wallet.replayed_transaction(v_replay);
+    END IF;
+
+    SELECT * INTO v_transaction FROM wallet.transactions WHERE id = p_transaction_id FOR UPDATE;
+    IF NOT FOUND OR NOT EXISTS (
+        SELECT FROM wallet.wallets
+        WHERE id IN (v_transaction.wallet_id, v_transaction.from_wallet_id, v_transaction.to_wallet_id)
+          AND owner_id = coalesce(p_acting_owner_id, owner_id))
+    THEN
+        RAISE EXCEPTION USING ERRCODE = 'WN404', MESSAGE = 'transaction not found',
+            DETAIL = format('transaction %s', p_transaction_id);
+    END IF;
+    IF v_transaction.status <> 'scheduled' THEN
+        RAISE EXCEPTION USING ERRCODE = 'WC409', MESSAGE = 'only a scheduled deposit can be canceled',
+            DETAIL = format('transaction %s is a %s deposit', p_transaction_id, v_transaction.status);
+    END IF;
+
+    UPDATE wallet.wallets
+    SET pending = pending - (v_transaction.amount - v_transaction.fee), updated_at = now()
+    WHERE id = v_transaction.wallet_id;
+    UPDATE wallet.transactions
+    SET status = 'canceled', history_seq = nextval('wallet.history_seq')
+    WHERE id = p_transaction_id
+    RETURNING * INTO v_transaction;
+
+    -- The job would find the deposit canceled and do nothing; deleting it keeps the queue clean.
+    PERFORM wallet.delete_settlement_job(p_transaction_id);
+
+    PERFORM wallet.record_idempotent_response(p_caller_id, p_idempotency_key,
+                                              to_jsonb(wallet.to_transaction_result(v_transaction, false)));
+    RETURN wallet.to_transaction_result(v_transaction, false);
+END
+$$;
+
+-- wallet.reconcile_scheduled_deposits: re-enqueue the settlement of every scheduled
+-- deposit due for longer than p_grace that has no live job (its job was deleted, failed
+-- on transient errors past its retries, or never ran). Returns how many were enqueued.
+-- A stalled 'doing' job is procrastinate's to retry (see jobs/tasks.py); a duplicate
+-- delivery would be harmless anyway, settle_deposit being idempotent.
+-- Locks: nothing beyond the inserted job rows.
+CREATE OR REPLACE FUNCTION wallet.reconcile_scheduled_deposits(p_grace interval DEFAULT interval '30 seconds')
+RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_transaction_id uuid;
+    v_enqueued       integer := 0;
+BEGIN
+    FOR v_transaction_id IN
+        SELECT t.id
+        FROM wallet.transactions AS t
+        WHERE t.status = 'scheduled'
+          AND t.available_at < now() - p_grace
+          AND NOT EXISTS (
+              SELECT FROM public.procrastinate_jobs AS j
+              WHERE j.queueing_lock = 'settle-deposit:' || t.id
+                AND j.status IN ('todo', 'doing'))
+        ORDER BY t.available_at
+        LIMIT 1000
+    LOOP
+        PERFORM wallet.enqueue_settlement(v_transaction_id, now());
+        v_enqueued := v_enqueued + 1;
+    END LOOP;
+    RETURN v_enqueued;
+END
+$$;
+
+REVOKE ALL ON FUNCTION wallet.enqueue_settlement(uuid, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION wallet.delete_settlement_job(uuid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION wallet.settle_deposit(uuid, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION wallet.cancel_deposit(text, text, text, text, uuid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION wallet.reconcile_scheduled_deposits(interval) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION wallet.settle_deposit(uuid, boolean) TO wallet_app;
+GRANT EXECUTE ON FUNCTION wallet.cancel_deposit(text, text, text, text, uuid) TO wallet_app;
+GRANT EXECUTE ON FUNCTION wallet.reconcile_scheduled_deposits(interval) TO wallet_app;
