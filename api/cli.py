@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import secrets
 import signal
@@ -62,13 +63,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    """The job worker; SIGTERM (or Ctrl-C) lets running jobs finish, then exits 0."""
+    from api.settings import load_worker_settings
     from jobs.app import create_app
 
+    settings = load_worker_settings()
+    logging.basicConfig(
+        level=os.environ.get("WALLET_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
     app = create_app()
 
     async def work() -> None:
         async with app.open_async():
-            await app.run_worker_async(concurrency=args.concurrency, install_signal_handlers=True)
+            await app.run_worker_async(
+                concurrency=args.concurrency or settings.concurrency,
+                fetch_job_polling_interval=settings.poll_seconds,
+                install_signal_handlers=True,
+            )
 
     asyncio.run(work())
     return 0
@@ -185,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=cmd_serve)
 
     worker = commands.add_parser("worker", help="run the job worker")
-    worker.add_argument("--concurrency", type=int, default=4)
+    worker.add_argument("--concurrency", type=int, help="jobs at once (default WALLET_WORKER_CONCURRENCY)")
     worker.set_defaults(handler=cmd_worker)
 
     token = commands.add_parser("token", help="mint a token for local use (HS256)")

@@ -40,11 +40,11 @@ class MovementController(Controller):
         idempotency: Idempotency,
         pool: asyncpg.Pool,
     ) -> Response[Transaction]:
-        """Deposit into a wallet: it is credited amount - fee."""
+        """Deposit into a wallet: it is credited amount - fee, now or at available_at."""
         record = await move_money(
             "deposit",
             pool,
-            "SELECT * FROM wallet.deposit($1, $2, $3, $4, $5, $6, $7, $8)",
+            "SELECT * FROM wallet.deposit($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             principal.sub,
             idempotency.key,
             idempotency.fingerprint,
@@ -53,6 +53,7 @@ class MovementController(Controller):
             data.amount,
             data.reference,
             data.metadata,
+            data.available_at,
         )
         return created(from_record(Transaction, record), record, f"/v1/transactions/{record['id']}")
 

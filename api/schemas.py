@@ -21,6 +21,14 @@ OwnerId = Annotated[str, Meta(min_length=1, max_length=255)]
 Currency = Annotated[str, Meta(pattern="^[A-Z]{3}$", description="Three upper-case letters")]
 Reference = Annotated[str, Meta(min_length=1, max_length=255)]
 Metadata = Annotated[dict[str, Any], Meta(description="A JSON object of at most 4096 bytes")]
+AvailableAt = Annotated[
+    datetime,
+    Meta(
+        tz=True,
+        description="RFC 3339 with an offset, at most 366 days ahead: the deposit is scheduled and "
+        "settles then. In the past or within a second: an instant deposit.",
+    ),
+]
 Fee = Annotated[int, Meta(ge=0, le=MAX_FEE_SETTING)]
 Operation = Literal["deposit", "withdrawal", "transfer"]
 StructT = TypeVar("StructT", bound=Struct)
@@ -38,6 +46,7 @@ class OpenWalletRequest(Request):
 
 class DepositRequest(Request):
     amount: Amount
+    available_at: AvailableAt | None = None
     reference: Reference | None = None
     metadata: Metadata = {}
 

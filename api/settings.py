@@ -102,3 +102,25 @@ def load_settings() -> Settings:
         max_body_bytes=_int("WALLET_MAX_BODY_BYTES", 65536, 1024, 10 * 1024 * 1024),
         log_level=_choice("WALLET_LOG_LEVEL", "INFO", LOG_LEVELS),
     )
+
+
+class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """What `wallet worker` needs; no token settings."""
+
+    concurrency: int
+    poll_seconds: float
+    settle_max_retries: int
+    settle_retry_base_seconds: int
+    reconcile_grace_seconds: int
+    job_retention_hours: int
+
+
+def load_worker_settings() -> WorkerSettings:
+    return WorkerSettings(
+        concurrency=_int("WALLET_WORKER_CONCURRENCY", 16, 1, 256),
+        poll_seconds=_int("WALLET_WORKER_POLL_MILLISECONDS", 200, 10, 60000) / 1000,
+        settle_max_retries=_int("WALLET_SETTLE_MAX_RETRIES", 8, 0, 100),
+        settle_retry_base_seconds=_int("WALLET_SETTLE_RETRY_BASE_SECONDS", 2, 1, 3600),
+        reconcile_grace_seconds=_int("WALLET_RECONCILE_GRACE_SECONDS", 30, 1, 86400),
+        job_retention_hours=_int("WALLET_JOB_RETENTION_HOURS", 72, 1, 24 * 365),
+    )

@@ -6,11 +6,13 @@ from typing import Annotated
 from uuid import UUID
 
 import asyncpg
-from litestar import Controller, get, put
+from litestar import Controller, Response, get, post, put
 from litestar.params import Parameter
 
 from api.auth import Principal
 from api.errors import problem_responses
+from api.metrics import move_money
+from api.plumbing import Idempotency, ok
 from api.schemas import (
     CommissionRule,
     CommissionRuleRequest,
@@ -41,6 +43,31 @@ class TransactionController(Controller):
             "SELECT * FROM wallet.get_transaction($1, $2)", principal.owner_id, transaction_id
         )
         return from_record(Transaction, record)
+
+    @post(
+        "/{transaction_id:str}/cancel",
+        opt={"scope": "deposits:write"},
+        operation_id="cancelDeposit",
+        status_code=200,
+        responses=problem_responses(
+            404, 409, codes={409: "transaction_not_cancelable, idempotency_key_reused"}
+        ),
+    )
+    async def cancel(
+        self, transaction_id: UUID, principal: Principal, idempotency: Idempotency, pool: asyncpg.Pool
+    ) -> Response[Transaction]:
+        """Cancel a scheduled deposit before it settles; its pending amount is released."""
+        record = await move_money(
+            "cancel",
+            pool,
+            "SELECT * FROM wallet.cancel_deposit($1, $2, $3, $4, $5)",
+            principal.sub,
+            idempotency.key,
+            idempotency.fingerprint,
+            principal.owner_id,
+            transaction_id,
+        )
+        return ok(from_record(Transaction, record), record)
 
 
 class CommissionController(Controller):
