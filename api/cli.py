@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import secrets
@@ -39,6 +40,18 @@ def cmd_verify(_: argparse.Namespace) -> int:
         print(f"ledger NOT consistent: {len(violations)} violation(s)", file=sys.stderr)
         return 1
     print("ledger consistent")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    """Delayed-deposit settlement figures (wallet.settlement_stats) as one JSON object."""
+    with psycopg.connect(database_url()) as connection:
+        cursor = connection.execute(
+            "SELECT * FROM wallet.settlement_stats(make_interval(mins => %s))", (args.minutes,)
+        )
+        row = cursor.fetchone()
+        names = [column.name for column in cursor.description]
+    print(json.dumps(dict(zip(names, row, strict=True))))
     return 0
 
 
@@ -183,6 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("verify", help="check the ledger; exit 1 on any violation").set_defaults(
         handler=cmd_verify
     )
+
+    stats = commands.add_parser("stats", help="delayed-deposit settlement figures as JSON")
+    stats.add_argument("--minutes", type=int, default=60, help="window of deposits counted")
+    stats.set_defaults(handler=cmd_stats)
 
     serve = commands.add_parser("serve", help="run the REST API")
     serve.add_argument("--host", default="127.0.0.1")
