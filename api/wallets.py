@@ -99,6 +99,7 @@ class WalletController(Controller):
         "/{wallet_id:str}/freeze",
         opt={"scope": "wallets:admin"},
         operation_id="freezeWallet",
+        status_code=200,
         responses=problem_responses(404, 409, codes={409: "wallet_not_active, idempotency_key_reused"}),
     )
     async def freeze(
@@ -111,6 +112,7 @@ class WalletController(Controller):
         "/{wallet_id:str}/unfreeze",
         opt={"scope": "wallets:admin"},
         operation_id="unfreezeWallet",
+        status_code=200,
         responses=problem_responses(404, 409, codes={409: "wallet_not_active, idempotency_key_reused"}),
     )
     async def unfreeze(
@@ -123,6 +125,7 @@ class WalletController(Controller):
         "/{wallet_id:str}/close",
         opt={"scope": "wallets:admin"},
         operation_id="closeWallet",
+        status_code=200,
         responses=problem_responses(404, 409, codes={409: "wallet_not_empty, idempotency_key_reused"}),
     )
     async def close(

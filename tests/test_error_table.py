@@ -30,7 +30,8 @@ def test_each_sqlstate_ends_with_its_http_status():
 
 
 def test_the_documented_table_is_the_mapping():
-    rows = re.findall(r"^\| `(W[A-Z]\d{3})` \| `(\w+)` \| (\d{3}) \|", (ROOT / "docs/errors.md").read_text(), re.M)
+    table = (ROOT / "docs/errors.md").read_text()
+    rows = re.findall(r"^\| `(W[A-Z]\d{3})` \| `(\w+)` \| (\d{3}) \|", table, re.M)
     documented = {sqlstate: (int(status), code) for sqlstate, code, status in rows}
     documented.pop("WR500")
     assert documented == LEDGER_ERRORS

@@ -100,7 +100,9 @@ TokenFactory = Callable[..., str]
 def token() -> TokenFactory:
     """token(*scopes, sub=..., owner_id=..., ttl_seconds=...): a valid HS256 token; all scopes by default."""
 
-    def make(*scopes: str, sub: str = "test-client", owner_id: str | None = None, ttl_seconds: int = 600) -> str:
+    def make(
+        *scopes: str, sub: str = "test-client", owner_id: str | None = None, ttl_seconds: int = 600
+    ) -> str:
         return mint_token(
             JWT_SECRET, sub=sub, scopes=list(scopes or SCOPES), owner_id=owner_id, ttl_seconds=ttl_seconds
         )

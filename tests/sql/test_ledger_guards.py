@@ -356,9 +356,7 @@ def test_every_function_in_schema_wallet_pins_its_search_path(db):
 
     # Only the two functions that call procrastinate's SQL (which names its tables unqualified)
     # put its schema, public, on the path, and after pg_catalog.
-    with_public = {
-        f["name"] for f in functions for setting in f["proconfig"] or [] if "public" in setting
-    }
+    with_public = {f["name"] for f in functions for setting in f["proconfig"] or [] if "public" in setting}
 
     assert unpinned == []
     assert with_public == {"enqueue_settlement", "delete_settlement_job"}

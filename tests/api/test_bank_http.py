@@ -1,0 +1,433 @@
+"""Money is conserved when many clients move it at once through two `wallet serve` processes.
+
+Every request carries its own Idempotency-Key and is retried with that same key after a
+lost connection or a 503, so a retry can never move money twice. The tests keep a ledger
+of their own from the acknowledged (201) responses and hold the service to it: the ledger
+check, the balances, every wallet's history, every transaction and the database rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from tests.api.conftest import TokenFactory, running_server
+
+# A deliberately busy workload that still fits a test run: 24 clients for 4 seconds.
+CLIENTS = 24
+WORKLOAD_SECONDS = 4.0
+WALLETS = 10
+OPENING_DEPOSIT = 100_000
+MAX_MOVE = 60_000
+# Deposits stay above the deposit rule's largest fee, so amount_below_fee cannot happen.
+MIN_DEPOSIT = 1_000
+REPLAY_SHARE = 0.1
+# A request is retried with its own key until it is answered; past this the test fails.
+MAX_ATTEMPTS = 40
+HISTORY_PAGE = 37  # an odd size, so pages break at arbitrary points
+RULES: dict[str, dict[str, Any]] = {
+    "deposit": {"rate_bps": 50, "fixed": 0, "min_fee": 0, "max_fee": 100},
+    "withdrawal": {"rate_bps": 0, "fixed": 15, "min_fee": 0, "max_fee": None},  # null: no cap
+    "transfer": {"rate_bps": 125, "fixed": 2, "min_fee": 10, "max_fee": 400},
+}
+# A zero cap, not a null one: these tests are about races, not about the fee formula.
+NO_FEE = {"rate_bps": 0, "fixed": 0, "min_fee": 0, "max_fee": 0}
+
+
+def reference_fee(rule: dict[str, Any], amount: int) -> int:
+    """SPEC 5: clamp(fixed + round_half_up(amount * rate_bps / 10000), min_fee, max_fee)."""
+    fee = rule["fixed"] + (amount * rule["rate_bps"] + 5_000) // 10_000
+    fee = max(fee, rule["min_fee"])
+    return fee if rule["max_fee"] is None else min(fee, rule["max_fee"])
+
+
+@pytest.fixture
+def two_servers(database_url: str) -> Iterator[tuple[str, str]]:
+    """Two `wallet serve` processes on one database, as two pods behind a load balancer."""
+    with running_server(database_url) as first, running_server(database_url) as second:
+        yield first, second
+
+
+@pytest.fixture
+async def clients(
+    two_servers: tuple[str, str], token: TokenFactory
+) -> AsyncIterator[list[httpx.AsyncClient]]:
+    headers = {"Authorization": f"Bearer {token()}"}
+    limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
+    async with (
+        httpx.AsyncClient(base_url=two_servers[0], headers=headers, timeout=30, limits=limits) as first,
+        httpx.AsyncClient(base_url=two_servers[1], headers=headers, timeout=30, limits=limits) as second,
+    ):
+        yield [first, second]
+
+
+@dataclass
+class Retries:
+    unavailable: int = 0
+    connection_errors: int = 0
+
+
+async def post_until_answered(
+    clients: list[httpx.AsyncClient],
+    path: str,
+    body: dict[str, Any],
+    key: str,
+    retries: Retries,
+    first_server: int = 0,
+) -> httpx.Response:
+    """POST with one Idempotency-Key until a server answers with something other than 503;
+    each retry goes to the other server, as a client behind a load balancer would see it."""
+    for attempt in range(MAX_ATTEMPTS):
+        client = clients[(first_server + attempt) % len(clients)]
+        try:
+            response = await client.post(path, json=body, headers={"Idempotency-Key": key})
+        except httpx.TransportError:
+            retries.connection_errors += 1
+        else:
+            if response.status_code != 503:
+                return response
+            retries.unavailable += 1
+        await asyncio.sleep(min(0.02 * 2**attempt, 0.5))
+    raise AssertionError(f"POST {path} with key {key} was not answered in {MAX_ATTEMPTS} attempts")
+
+
+async def put_rule(client: httpx.AsyncClient, operation: str, rule: dict[str, Any]) -> None:
+    response = await client.put(f"/v1/commission-rules/{operation}", json=rule)
+    assert response.status_code == 200, response.text
+    assert {name: response.json()[name] for name in rule} == rule
+
+
+async def open_wallet(clients: list[httpx.AsyncClient], retries: Retries) -> str:
+    response = await post_until_answered(
+        clients, "/v1/wallets", {"owner_id": f"bank-{uuid.uuid4().hex}"}, f"open-{uuid.uuid4()}", retries
+    )
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+def assert_insufficient_funds(response: httpx.Response) -> None:
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.json()["code"] == "insufficient_funds", response.text
+
+
+async def read_history(client: httpx.AsyncClient, wallet_id: str) -> list[dict[str, Any]]:
+    """Every history item of a wallet, newest first, following next_cursor to the end."""
+    items: list[dict[str, Any]] = []
+    params: dict[str, Any] = {"limit": HISTORY_PAGE}
+    for _ in range(10_000):
+        response = await client.get(f"/v1/wallets/{wallet_id}/transactions", params=params)
+        assert response.status_code == 200, response.text
+        page = response.json()
+        items.extend(page["items"])
+        if page["next_cursor"] is None:
+            return items
+        params["cursor"] = page["next_cursor"]
+    raise AssertionError(f"the history of {wallet_id} did not end after 10000 pages")
+
+
+@dataclass
+class Bank:
+    """What the clients were told: the acknowledged transactions, by id, and the refusals."""
+
+    wallet_ids: list[str]
+    acknowledged: dict[str, dict[str, Any]] = field(default_factory=dict)
+    refused: Counter[str] = field(default_factory=Counter)
+    unexpected: list[str] = field(default_factory=list)
+    replays: int = 0
+    retries: Retries = field(default_factory=Retries)
+
+    def acknowledge(self, transaction: dict[str, Any]) -> None:
+        known = self.acknowledged.setdefault(transaction["id"], transaction)
+        assert known == transaction, ("one transaction id, two bodies", known, transaction)
+
+    def expected_balances(self) -> dict[str, int]:
+        balances = dict.fromkeys(self.wallet_ids, 0)
+        for transaction in self.acknowledged.values():
+            amount, fee = transaction["amount"], transaction["fee"]
+            if transaction["kind"] == "deposit":
+                balances[transaction["wallet_id"]] += amount - fee
+            elif transaction["kind"] == "withdrawal":
+                balances[transaction["wallet_id"]] -= amount + fee
+            else:
+                balances[transaction["from_wallet_id"]] -= amount + fee
+                balances[transaction["to_wallet_id"]] += amount
+        return balances
+
+    def totals(self, kind: str) -> tuple[int, int]:
+        """Sum of amounts and of fees of the acknowledged transactions of one kind."""
+        chosen = [t for t in self.acknowledged.values() if t["kind"] == kind]
+        return sum(t["amount"] for t in chosen), sum(t["fee"] for t in chosen)
+
+
+def movement(rng: random.Random, wallet_ids: list[str]) -> tuple[str, str, dict[str, Any], dict[str, str]]:
+    """A random money movement: (kind, path, body, the wallets it names)."""
+    roll = rng.random()
+    if roll < 0.6:
+        source, destination = rng.sample(wallet_ids, 2)
+        body = {"from_wallet_id": source, "to_wallet_id": destination, "amount": rng.randint(1, MAX_MOVE)}
+        return "transfer", "/v1/transfers", body, {"from_wallet_id": source, "to_wallet_id": destination}
+    wallet_id = rng.choice(wallet_ids)
+    if roll < 0.8:
+        body = {"amount": rng.randint(1, MAX_MOVE)}
+        return "withdrawal", f"/v1/wallets/{wallet_id}/withdrawals", body, {"wallet_id": wallet_id}
+    body = {"amount": rng.randint(MIN_DEPOSIT, MAX_MOVE)}
+    return "deposit", f"/v1/wallets/{wallet_id}/deposits", body, {"wallet_id": wallet_id}
+
+
+def check_acknowledgement(
+    kind: str, amount: int, wallets: dict[str, str], transaction: dict[str, Any]
+) -> None:
+    """A 201 says what was asked: kind, wallets, amount, and the fee of the rule in force."""
+    assert transaction["kind"] == kind, transaction
+    assert transaction["status"] == "posted", transaction
+    assert transaction["amount"] == amount, (amount, transaction)
+    assert transaction["fee"] == reference_fee(RULES[kind], amount), (RULES[kind], transaction)
+    assert {name: transaction[name] for name in wallets} == wallets, (wallets, transaction)
+
+
+async def client_loop(number: int, clients: list[httpx.AsyncClient], bank: Bank, deadline: float) -> None:
+    rng = random.Random(number)
+    while time.monotonic() < deadline:
+        kind, path, body, wallets = movement(rng, bank.wallet_ids)
+        key = f"bank-{number}-{uuid.uuid4()}"
+        server = rng.randrange(len(clients))
+        response = await post_until_answered(clients, path, body, key, bank.retries, server)
+        if response.status_code == 201:
+            assert "idempotent-replayed" not in response.headers, (key, response.headers)
+            transaction = response.json()
+            check_acknowledgement(kind, body["amount"], wallets, transaction)
+            bank.acknowledge(transaction)
+            if rng.random() < REPLAY_SHARE:
+                replay = await post_until_answered(clients, path, body, key, bank.retries, server + 1)
+                assert replay.status_code == 201, replay.text
+                assert replay.headers.get("idempotent-replayed") == "true", replay.headers
+                assert replay.json() == transaction, (transaction, replay.json())
+                bank.replays += 1
+        elif (
+            response.status_code == 422
+            and kind != "deposit"
+            and (response.json().get("code") == "insufficient_funds")
+        ):
+            bank.refused[kind] += 1
+        else:
+            bank.unexpected.append(f"{kind} {body} -> {response.status_code} {response.text}")
+
+
+async def test_concurrent_bank_over_http_conserves_money(
+    clients: list[httpx.AsyncClient], db: psycopg.Connection
+) -> None:
+    retries = Retries()
+    for operation, rule in RULES.items():
+        await put_rule(clients[0], operation, rule)
+    wallet_ids = [await open_wallet(clients, retries) for _ in range(WALLETS)]
+    bank = Bank(wallet_ids=wallet_ids, retries=retries)
+    for index, wallet_id in enumerate(wallet_ids):
+        response = await post_until_answered(
+            clients,
+            f"/v1/wallets/{wallet_id}/deposits",
+            {"amount": OPENING_DEPOSIT},
+            f"fund-{uuid.uuid4()}",
+            retries,
+            index,
+        )
+        assert response.status_code == 201, response.text
+        check_acknowledgement("deposit", OPENING_DEPOSIT, {"wallet_id": wallet_id}, response.json())
+        bank.acknowledge(response.json())
+
+    deadline = time.monotonic() + WORKLOAD_SECONDS
+    async with asyncio.TaskGroup() as workload:
+        for number in range(CLIENTS):
+            workload.create_task(client_loop(number, clients, bank, deadline))
+
+    assert not bank.unexpected, "\n".join(bank.unexpected[:20])
+    movements = Counter(t["kind"] for t in bank.acknowledged.values())
+    # The workload did what it is meant to: all three kinds, and replays of acknowledged requests.
+    summary = (movements, bank.refused, bank.replays, bank.retries)
+    assert (
+        movements["transfer"] > 50 and movements["withdrawal"] > 10 and movements["deposit"] > 10 + WALLETS
+    ), summary
+    assert bank.replays > 0, summary
+
+    reader = clients[0]
+    report = (await reader.get("/v1/ledger/verify")).json()
+    assert report == {"ok": True, "violations": []}, report
+
+    wallets = {}
+    for wallet_id in wallet_ids:
+        response = await reader.get(f"/v1/wallets/{wallet_id}")
+        assert response.status_code == 200, response.text
+        wallets[wallet_id] = response.json()
+    balances = {wallet_id: wallet["balance"] for wallet_id, wallet in wallets.items()}
+
+    deposited, deposit_fees = bank.totals("deposit")
+    withdrawn, withdrawal_fees = bank.totals("withdrawal")
+    _, transfer_fees = bank.totals("transfer")
+    fees = deposit_fees + withdrawal_fees + transfer_fees
+    money_inside = (deposited - deposit_fees) - (withdrawn + withdrawal_fees) - transfer_fees
+    assert sum(balances.values()) == money_inside, (balances, summary)
+    assert balances == bank.expected_balances()
+    for wallet in wallets.values():
+        assert wallet["balance"] >= 0 and wallet["available"] == wallet["balance"], wallet
+        assert wallet["pending"] == 0, wallet
+
+    for wallet_id in wallet_ids:
+        items = await read_history(clients[wallet_ids.index(wallet_id) % 2], wallet_id)
+        posted = [item for item in items if item["status"] == "posted"]
+        assert len(posted) == len(items), [item for item in items if item["status"] != "posted"]
+        assert sum(item["amount"] for item in posted) == balances[wallet_id], wallet_id
+        assert items[0]["balance_after"] == balances[wallet_id], items[0]
+        history_ids = [item["transaction_id"] for item in items]
+        assert len(history_ids) == len(set(history_ids)), (
+            f"a transaction repeats in the history of {wallet_id}"
+        )
+        touching = {
+            t["id"]
+            for t in bank.acknowledged.values()
+            if wallet_id in (t["wallet_id"], t["from_wallet_id"], t["to_wallet_id"])
+        }
+        assert set(history_ids) == touching, wallet_id
+
+    semaphore = asyncio.Semaphore(CLIENTS)
+
+    async def read_back(number: int, transaction: dict[str, Any]) -> None:
+        async with semaphore:
+            response = await clients[number % 2].get(f"/v1/transactions/{transaction['id']}")
+        assert response.status_code == 200, response.text
+        assert response.json() == transaction
+
+    async with asyncio.TaskGroup() as reads:
+        for number, transaction in enumerate(bank.acknowledged.values()):
+            reads.create_task(read_back(number, transaction))
+
+    rows = db.execute("SELECT id::text, status FROM wallet.transactions").fetchall()
+    assert Counter(status for _, status in rows) == {"posted": len(bank.acknowledged)}
+    assert {row_id for row_id, _ in rows} == set(bank.acknowledged)
+    system = dict(db.execute("SELECT account, balance FROM wallet.system_account_balances").fetchall())
+    assert system["revenue"] == fees, (system, fees)
+    assert system["world"] == withdrawn - deposited, (system, withdrawn, deposited)
+
+
+async def test_double_spend_over_http_is_impossible(
+    clients: list[httpx.AsyncClient], db: psycopg.Connection
+) -> None:
+    """Each wallet holds exactly X; 20 concurrent withdrawals of X over both servers: one wins.
+    Three wallets at once, so the race is run three times in one go."""
+    retries = Retries()
+    balance, attempts, wallet_count = 123_456, 20, 3
+    for operation in ("deposit", "withdrawal"):
+        await put_rule(clients[0], operation, NO_FEE)
+    wallet_ids = [await open_wallet(clients, retries) for _ in range(wallet_count)]
+    for wallet_id in wallet_ids:
+        response = await post_until_answered(
+            clients, f"/v1/wallets/{wallet_id}/deposits", {"amount": balance}, f"fund-{uuid.uuid4()}", retries
+        )
+        assert response.status_code == 201, response.text
+        assert (await clients[1].get(f"/v1/wallets/{wallet_id}")).json()["available"] == balance
+
+    start = asyncio.Event()
+
+    async def withdraw(wallet_id: str, number: int) -> httpx.Response:
+        await start.wait()
+        return await post_until_answered(
+            clients,
+            f"/v1/wallets/{wallet_id}/withdrawals",
+            {"amount": balance},
+            f"spend-{uuid.uuid4()}",
+            retries,
+            number,
+        )
+
+    async with asyncio.TaskGroup() as race:
+        tasks = [
+            race.create_task(withdraw(wallet_id, number))
+            for wallet_id, number in itertools.product(wallet_ids, range(attempts))
+        ]
+        await asyncio.sleep(0.05)
+        start.set()
+    responses = [task.result() for task in tasks]
+
+    by_wallet: dict[str, list[httpx.Response]] = defaultdict(list)
+    for (wallet_id, _), response in zip(
+        itertools.product(wallet_ids, range(attempts)), responses, strict=True
+    ):
+        by_wallet[wallet_id].append(response)
+    for wallet_id, answers in by_wallet.items():
+        won = [response for response in answers if response.status_code == 201]
+        assert len(won) == 1, (wallet_id, Counter(response.status_code for response in answers))
+        assert won[0].json()["amount"] == balance and won[0].json()["fee"] == 0, won[0].text
+        for response in answers:
+            if response is not won[0]:
+                assert_insufficient_funds(response)
+        wallet = (await clients[0].get(f"/v1/wallets/{wallet_id}")).json()
+        assert (wallet["balance"], wallet["available"]) == (0, 0), wallet
+        (posted,) = db.execute(
+            "SELECT count(*) FROM wallet.transactions WHERE kind = 'withdrawal' AND wallet_id = %s",
+            (wallet_id,),
+        ).fetchone()
+        assert posted == 1, wallet_id
+    report = (await clients[1].get("/v1/ledger/verify")).json()
+    assert report == {"ok": True, "violations": []}, report
+
+
+async def test_concurrent_replays_over_http_move_money_once(
+    clients: list[httpx.AsyncClient], db: psycopg.Connection
+) -> None:
+    """20 identical POSTs with one Idempotency-Key at once, over both servers: one transfer."""
+    retries = Retries()
+    funds, amount = 50_000, 7_000
+    await put_rule(clients[0], "deposit", NO_FEE)
+    await put_rule(clients[0], "transfer", RULES["transfer"])
+    source, destination = [await open_wallet(clients, retries) for _ in range(2)]
+    response = await post_until_answered(
+        clients, f"/v1/wallets/{source}/deposits", {"amount": funds}, f"fund-{uuid.uuid4()}", retries
+    )
+    assert response.status_code == 201, response.text
+
+    key = f"replay-{uuid.uuid4()}"
+    body = {"from_wallet_id": source, "to_wallet_id": destination, "amount": amount, "reference": key}
+    start = asyncio.Event()
+
+    async def send(number: int) -> httpx.Response:
+        await start.wait()
+        return await post_until_answered(clients, "/v1/transfers", body, key, retries, number)
+
+    async with asyncio.TaskGroup() as burst:
+        tasks = [burst.create_task(send(number)) for number in range(20)]
+        await asyncio.sleep(0.05)
+        start.set()
+    responses = [task.result() for task in tasks]
+
+    assert [response.status_code for response in responses] == [201] * 20, [r.text for r in responses]
+    bodies = [response.json() for response in responses]
+    assert all(other == bodies[0] for other in bodies), bodies
+    first = [response for response in responses if "idempotent-replayed" not in response.headers]
+    assert len(first) == 1, [dict(response.headers) for response in responses]
+    assert all(
+        response.headers["idempotent-replayed"] == "true"
+        for response in responses
+        if response is not first[0]
+    )
+    fee = reference_fee(RULES["transfer"], amount)
+    assert bodies[0]["fee"] == fee, bodies[0]
+
+    balances = [
+        (await clients[n].get(f"/v1/wallets/{w}")).json()["balance"]
+        for n, w in enumerate([source, destination])
+    ]
+    assert balances == [funds - amount - fee, amount]
+    (transfers,) = db.execute("SELECT count(*) FROM wallet.transactions WHERE kind = 'transfer'").fetchone()
+    assert transfers == 1
+    report = (await clients[1].get("/v1/ledger/verify")).json()
+    assert report == {"ok": True, "violations": []}, report
