@@ -17,6 +17,7 @@ from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from api.auth import TokenVerifier, authorize, provide_principal
 from api.database import database_url
 from api.errors import EXCEPTION_HANDLERS
+from api.logs import RequestLog, configure_logging
 from api.metrics import POOL_COLLECTOR
 from api.movements import MovementController
 from api.plumbing import provide_idempotency, provide_pool, strict_body
@@ -41,6 +42,13 @@ async def _init_connection(connection: asyncpg.Connection) -> None:
         encoder=lambda value: msgspec.json.encode(value).decode(),
         decoder=msgspec.json.decode,
     )
+
+
+def create_asgi_app() -> RequestLog:
+    """What `wallet serve` runs: the app, with JSON logs and request ids around it."""
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    return RequestLog(create_app(settings))
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
@@ -101,6 +109,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT")}
             ),
         ),
+        logging_config=None,  # api/logs.py configures logging for the process
         debug=False,
     )
     app.state.token_verifier = TokenVerifier(settings)

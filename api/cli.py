@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import secrets
 import signal
@@ -18,6 +17,7 @@ import psycopg
 
 from api.auth import SCOPES, mint_token
 from api.database import DatabaseNotConfigured, database_url
+from api.logs import configure_logging
 from api.migrate import migrate
 from api.settings import SettingsError, load_settings
 
@@ -63,12 +63,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # One embedded server for every worker process, started here.
         os.environ["DATABASE_URL"] = database_url()
     uvicorn.run(
-        "api.app:create_app",
+        "api.app:create_asgi_app",
         factory=True,
         host=args.host,
         port=args.port,
         workers=args.workers,
         log_level=settings.log_level.lower(),
+        log_config=None,  # the app configures JSON logging itself
         access_log=False,
         timeout_graceful_shutdown=args.graceful_seconds,
     )
@@ -81,10 +82,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from jobs.app import create_app
 
     settings = load_worker_settings()
-    logging.basicConfig(
-        level=os.environ.get("WALLET_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    configure_logging(settings.log_level)
     app = create_app()
 
     async def work() -> None:

@@ -113,6 +113,7 @@ class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True):
     settle_retry_base_seconds: int
     reconcile_grace_seconds: int
     job_retention_hours: int
+    log_level: str
 
 
 def load_worker_settings() -> WorkerSettings:
@@ -123,4 +124,5 @@ def load_worker_settings() -> WorkerSettings:
         settle_retry_base_seconds=_int("WALLET_SETTLE_RETRY_BASE_SECONDS", 2, 1, 3600),
         reconcile_grace_seconds=_int("WALLET_RECONCILE_GRACE_SECONDS", 30, 1, 86400),
         job_retention_hours=_int("WALLET_JOB_RETENTION_HOURS", 72, 1, 24 * 365),
+        log_level=_choice("WALLET_LOG_LEVEL", "INFO", LOG_LEVELS),
     )
