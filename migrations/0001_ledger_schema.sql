@@ -9,10 +9,11 @@ CREATE SCHEMA IF NOT EXISTS wallet;
 -- Time-ordered UUIDs (version 7 layout: 48-bit Unix milliseconds, then random bits):
 -- new rows land at the right edge of the primary-key index instead of a random page.
 CREATE FUNCTION wallet.uuid_v7() RETURNS uuid
-LANGUAGE sql VOLATILE PARALLEL SAFE
+LANGUAGE plpgsql VOLATILE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT encode(
+BEGIN
+    RETURN encode(
         set_bit(
             set_bit(
                 overlay(uuid_send(gen_random_uuid())
@@ -20,7 +21,8 @@ AS $$
                         FROM 1 FOR 6),
                 52, 1),
             53, 1),
-        'hex')::uuid
+        'hex')::uuid;
+END
 $$;
 
 -- Merchant wallets. System accounts (the outside world, commission revenue) are not rows

@@ -5,6 +5,8 @@
 -- amount * rate_bps can reach 10^19, past bigint, so the product is split:
 -- amount = 10000 * whole + rest, and only rest * rate_bps (< 10^8) is ever rounded.
 -- max_fee NULL means no cap. Pure integer arithmetic: no numeric, no floats.
+-- PL/pgSQL rather than SQL here and in the other small helpers: a SQL function with its
+-- own search_path is planned again on every call, a PL/pgSQL one once per session.
 CREATE OR REPLACE FUNCTION wallet.commission_fee(
     p_amount   bigint,
     p_rate_bps integer,
@@ -12,16 +14,18 @@ CREATE OR REPLACE FUNCTION wallet.commission_fee(
     p_min_fee  bigint,
     p_max_fee  bigint
 ) RETURNS bigint
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT greatest(
+BEGIN
+    RETURN greatest(
         p_min_fee,
         least(
             coalesce(p_max_fee, 9223372036854775807),
             p_fixed + (p_amount / 10000) * p_rate_bps + ((p_amount % 10000) * p_rate_bps + 5000) / 10000
         )
-    )
+    );
+END
 $$;
 
 REVOKE ALL ON FUNCTION wallet.commission_fee(bigint, integer, bigint, bigint, bigint) FROM PUBLIC;

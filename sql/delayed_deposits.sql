@@ -22,10 +22,11 @@
 -- after pg_catalog.
 CREATE OR REPLACE FUNCTION wallet.enqueue_settlement(p_transaction_id uuid, p_at timestamptz)
 RETURNS bigint
-LANGUAGE sql
+LANGUAGE plpgsql
 SET search_path = pg_catalog, public, pg_temp
 AS $$
-    SELECT (public.procrastinate_defer_jobs_v1(ARRAY[
+BEGIN
+    RETURN (public.procrastinate_defer_jobs_v1(ARRAY[
         ROW('deposits',
             'wallet:settle_deposit',
             0,
@@ -33,7 +34,8 @@ AS $$
             'settle-deposit:' || p_transaction_id,
             jsonb_build_object('transaction_id', p_transaction_id),
             p_at)::public.procrastinate_job_to_defer_v1
-    ]))[1]
+    ]))[1];
+END
 $$;
 
 -- wallet.delete_settlement_job: delete the waiting settlement job of p_transaction_id, if any.

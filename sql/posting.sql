@@ -60,35 +60,45 @@ CREATE OR REPLACE FUNCTION wallet.post_system_entries(
     p_world_net      bigint,
     p_revenue_net    bigint
 ) RETURNS void
-LANGUAGE sql
+LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
-    INSERT INTO wallet.entries (transaction_id, account, currency, net_amount)
-    SELECT p_transaction_id, leg.account, p_currency, leg.net_amount
-    FROM (VALUES ('world', p_world_net), ('revenue', p_revenue_net)) AS leg (account, net_amount)
-    WHERE leg.net_amount <> 0
+BEGIN
+    IF p_world_net <> 0 THEN
+        INSERT INTO wallet.entries (transaction_id, account, currency, net_amount)
+        VALUES (p_transaction_id, 'world', p_currency, p_world_net);
+    END IF;
+    IF p_revenue_net <> 0 THEN
+        INSERT INTO wallet.entries (transaction_id, account, currency, net_amount)
+        VALUES (p_transaction_id, 'revenue', p_currency, p_revenue_net);
+    END IF;
+END
 $$;
 
 -- wallet.to_transaction_result: the API's view of a transaction row.
 CREATE OR REPLACE FUNCTION wallet.to_transaction_result(p_transaction wallet.transactions, p_replayed boolean)
 RETURNS wallet.transaction_result
-LANGUAGE sql IMMUTABLE
+LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT ROW(p_transaction.id, p_transaction.kind, p_transaction.status, p_transaction.wallet_id,
+BEGIN
+    RETURN ROW(p_transaction.id, p_transaction.kind, p_transaction.status, p_transaction.wallet_id,
                p_transaction.from_wallet_id, p_transaction.to_wallet_id, p_transaction.currency,
                p_transaction.amount, p_transaction.fee, p_transaction.reference, p_transaction.metadata,
                p_transaction.available_at, p_transaction.created_at, p_transaction.posted_at,
-               p_transaction.failure_reason, p_replayed)::wallet.transaction_result
+               p_transaction.failure_reason, p_replayed)::wallet.transaction_result;
+END
 $$;
 
 -- wallet.replayed_transaction: a stored first response, returned again.
 CREATE OR REPLACE FUNCTION wallet.replayed_transaction(p_response jsonb)
 RETURNS wallet.transaction_result
-LANGUAGE sql IMMUTABLE
+LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT * FROM jsonb_populate_record(NULL::wallet.transaction_result, p_response || '{"replayed": true}')
+BEGIN
+    RETURN jsonb_populate_record(NULL::wallet.transaction_result, p_response || '{"replayed": true}');
+END
 $$;
 
 -- wallet.find_wallet: a wallet read without a lock, for what never changes (owner,

@@ -8,21 +8,25 @@
 -- spending yet, so available equals balance.
 CREATE OR REPLACE FUNCTION wallet.to_wallet_result(p_wallet wallet.wallets, p_replayed boolean)
 RETURNS wallet.wallet_result
-LANGUAGE sql IMMUTABLE
+LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT ROW(p_wallet.id, p_wallet.owner_id, p_wallet.currency, p_wallet.status,
+BEGIN
+    RETURN ROW(p_wallet.id, p_wallet.owner_id, p_wallet.currency, p_wallet.status,
                p_wallet.balance, p_wallet.balance, p_wallet.pending, p_wallet.metadata,
-               p_wallet.created_at, p_wallet.updated_at, p_replayed)::wallet.wallet_result
+               p_wallet.created_at, p_wallet.updated_at, p_replayed)::wallet.wallet_result;
+END
 $$;
 
 -- wallet.replayed_wallet: a stored first response, returned again.
 CREATE OR REPLACE FUNCTION wallet.replayed_wallet(p_response jsonb)
 RETURNS wallet.wallet_result
-LANGUAGE sql IMMUTABLE
+LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT * FROM jsonb_populate_record(NULL::wallet.wallet_result, p_response || '{"replayed": true}')
+BEGIN
+    RETURN jsonb_populate_record(NULL::wallet.wallet_result, p_response || '{"replayed": true}');
+END
 $$;
 
 -- wallet.open_wallet: a new active wallet with a zero balance. Locks nothing.
@@ -73,11 +77,13 @@ $$;
 -- Raises: WN404 not_found (unknown, or another owner's).
 CREATE OR REPLACE FUNCTION wallet.get_wallet(p_acting_owner_id text, p_wallet_id uuid)
 RETURNS wallet.wallet_result
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT * FROM wallet.to_wallet_result(wallet.find_wallet(p_acting_owner_id, p_wallet_id), false)
+BEGIN
+    RETURN wallet.to_wallet_result(wallet.find_wallet(p_acting_owner_id, p_wallet_id), false);
+END
 $$;
 
 -- wallet.list_wallets: a keyset page of wallets in id order (ids are time-ordered, so
@@ -167,34 +173,40 @@ $$;
 CREATE OR REPLACE FUNCTION wallet.freeze_wallet(
     p_caller_id text, p_idempotency_key text, p_fingerprint text, p_acting_owner_id text, p_wallet_id uuid
 ) RETURNS wallet.wallet_result
-LANGUAGE sql
+LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT * FROM wallet.change_wallet_status(p_caller_id, p_idempotency_key, p_fingerprint,
-                                              p_acting_owner_id, p_wallet_id, 'frozen')
+BEGIN
+    RETURN wallet.change_wallet_status(p_caller_id, p_idempotency_key, p_fingerprint,
+                                       p_acting_owner_id, p_wallet_id, 'frozen');
+END
 $$;
 
 CREATE OR REPLACE FUNCTION wallet.unfreeze_wallet(
     p_caller_id text, p_idempotency_key text, p_fingerprint text, p_acting_owner_id text, p_wallet_id uuid
 ) RETURNS wallet.wallet_result
-LANGUAGE sql
+LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT * FROM wallet.change_wallet_status(p_caller_id, p_idempotency_key, p_fingerprint,
-                                              p_acting_owner_id, p_wallet_id, 'active')
+BEGIN
+    RETURN wallet.change_wallet_status(p_caller_id, p_idempotency_key, p_fingerprint,
+                                       p_acting_owner_id, p_wallet_id, 'active');
+END
 $$;
 
 CREATE OR REPLACE FUNCTION wallet.close_wallet(
     p_caller_id text, p_idempotency_key text, p_fingerprint text, p_acting_owner_id text, p_wallet_id uuid
 ) RETURNS wallet.wallet_result
-LANGUAGE sql
+LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT * FROM wallet.change_wallet_status(p_caller_id, p_idempotency_key, p_fingerprint,
-                                              p_acting_owner_id, p_wallet_id, 'closed')
+BEGIN
+    RETURN wallet.change_wallet_status(p_caller_id, p_idempotency_key, p_fingerprint,
+                                       p_acting_owner_id, p_wallet_id, 'closed');
+END
 $$;
 
 REVOKE ALL ON FUNCTION wallet.to_wallet_result(wallet.wallets, boolean) FROM PUBLIC;
