@@ -25,17 +25,30 @@ BEGIN
 END
 $$;
 
+-- Rules about one value are domains, not table CHECKs: PostgreSQL re-prepares every CHECK
+-- of a table for each INSERT or UPDATE statement (a balance update would re-validate the
+-- metadata), while a domain is checked only when a value of it is written, from a cache.
+-- Rules across columns stay table CHECKs.
+CREATE DOMAIN wallet.amount AS bigint CHECK (VALUE BETWEEN 1 AND 1000000000000000);
+CREATE DOMAIN wallet.fee AS bigint CHECK (VALUE BETWEEN 0 AND 2000000000000000);
+CREATE DOMAIN wallet.currency_code AS text CHECK (VALUE ~ '^[A-Z]{3}$');
+CREATE DOMAIN wallet.short_text AS text CHECK (length(VALUE) BETWEEN 1 AND 255);
+CREATE DOMAIN wallet.metadata AS jsonb
+    CHECK (jsonb_typeof(VALUE) = 'object' AND octet_length(VALUE::text) <= 4096);
+CREATE DOMAIN wallet.wallet_status AS text CHECK (VALUE IN ('active', 'frozen', 'closed'));
+CREATE DOMAIN wallet.transaction_kind AS text CHECK (VALUE IN ('deposit', 'withdrawal', 'transfer'));
+CREATE DOMAIN wallet.transaction_status AS text CHECK (VALUE IN ('posted', 'scheduled', 'canceled', 'failed'));
+
 -- Merchant wallets. System accounts (the outside world, commission revenue) are not rows
 -- here: they exist only as entries, so no row is written by every operation.
 CREATE TABLE wallet.wallets (
     id          uuid        PRIMARY KEY DEFAULT wallet.uuid_v7(),
-    owner_id    text        NOT NULL CHECK (length(owner_id) BETWEEN 1 AND 255),
-    currency    text        NOT NULL DEFAULT 'IRR' CHECK (currency ~ '^[A-Z]{3}$'),
-    status      text        NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'frozen', 'closed')),
+    owner_id    wallet.short_text    NOT NULL,
+    currency    wallet.currency_code NOT NULL DEFAULT 'IRR',
+    status      wallet.wallet_status NOT NULL DEFAULT 'active',
     balance     bigint      NOT NULL DEFAULT 0 CHECK (balance BETWEEN 0 AND 1000000000000000000),
     pending     bigint      NOT NULL DEFAULT 0 CHECK (pending BETWEEN 0 AND 1000000000000000000),
-    metadata    jsonb       NOT NULL DEFAULT '{}'
-                            CHECK (jsonb_typeof(metadata) = 'object' AND octet_length(metadata::text) <= 4096),
+    metadata    wallet.metadata      NOT NULL DEFAULT '{}',
     created_at  timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT closed_wallet_is_empty CHECK (status <> 'closed' OR (balance = 0 AND pending = 0))
@@ -45,22 +58,24 @@ CREATE INDEX wallets_owner_id_idx ON wallet.wallets (owner_id, id);
 
 CREATE TABLE wallet.transactions (
     id              uuid        PRIMARY KEY DEFAULT wallet.uuid_v7(),
-    kind            text        NOT NULL CHECK (kind IN ('deposit', 'withdrawal', 'transfer')),
-    status          text        NOT NULL CHECK (status IN ('posted', 'scheduled', 'canceled', 'failed')),
-    wallet_id       uuid        REFERENCES wallet.wallets (id),
-    from_wallet_id  uuid        REFERENCES wallet.wallets (id),
-    to_wallet_id    uuid        REFERENCES wallet.wallets (id),
-    currency        text        NOT NULL CHECK (currency ~ '^[A-Z]{3}$'),
-    amount          bigint      NOT NULL CHECK (amount BETWEEN 1 AND 1000000000000000),
-    fee             bigint      NOT NULL CHECK (fee BETWEEN 0 AND 2000000000000000),
-    reference       text        CHECK (length(reference) BETWEEN 1 AND 255),
-    metadata        jsonb       NOT NULL DEFAULT '{}'
-                                CHECK (jsonb_typeof(metadata) = 'object' AND octet_length(metadata::text) <= 4096),
+    kind            wallet.transaction_kind   NOT NULL,
+    status          wallet.transaction_status NOT NULL,
+    -- Checked at commit, when this transaction already holds the wallet rows: checked
+    -- at insert (before the wallet is locked), the key-share lock of a foreign key turns
+    -- every version of a hot wallet row into a MultiXact.
+    wallet_id       uuid        REFERENCES wallet.wallets (id) DEFERRABLE INITIALLY DEFERRED,
+    from_wallet_id  uuid        REFERENCES wallet.wallets (id) DEFERRABLE INITIALLY DEFERRED,
+    to_wallet_id    uuid        REFERENCES wallet.wallets (id) DEFERRABLE INITIALLY DEFERRED,
+    currency        wallet.currency_code NOT NULL,
+    amount          wallet.amount        NOT NULL,
+    fee             wallet.fee           NOT NULL,
+    reference       wallet.short_text,
+    metadata        wallet.metadata      NOT NULL DEFAULT '{}',
     available_at    timestamptz,
     created_at      timestamptz NOT NULL DEFAULT now(),
     posted_at       timestamptz,
     failure_reason  text        CHECK (length(failure_reason) <= 1000),
-    created_by      text        CHECK (length(created_by) BETWEEN 1 AND 255),
+    created_by      wallet.short_text,
     -- Position in the wallet history of a deposit that is not (or never was) posted;
     -- drawn from the same sequence as entries.id so both sort together.
     history_seq     bigint,
@@ -93,7 +108,7 @@ CREATE TABLE wallet.entries (
     transaction_id  uuid        NOT NULL REFERENCES wallet.transactions (id),
     wallet_id       uuid        REFERENCES wallet.wallets (id),
     account         text        CHECK (account IN ('world', 'revenue')),
-    currency        text        NOT NULL CHECK (currency ~ '^[A-Z]{3}$'),
+    currency        wallet.currency_code NOT NULL,
     net_amount      bigint      NOT NULL CHECK (net_amount <> 0),
     -- The wallet's balance around this entry (merchant legs only), so history needs no
     -- recomputation and an auditor can check every step of the chain.

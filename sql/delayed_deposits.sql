@@ -67,6 +67,7 @@ AS $$
 DECLARE
     v_transaction wallet.transactions;
     v_net_amount  bigint;
+    v_balance_after bigint;
     v_status      text;
 BEGIN
     SELECT * INTO v_transaction
@@ -105,10 +106,16 @@ BEGIN
     END IF;
 
     UPDATE wallet.transactions SET status = 'posted', posted_at = now() WHERE id = p_transaction_id;
-    PERFORM wallet.post_system_entries(p_transaction_id, v_transaction.currency,
-                                       p_world_net => -v_transaction.amount, p_revenue_net => v_transaction.fee);
-    PERFORM wallet.post_wallet_entry(p_transaction_id, v_transaction.wallet_id, v_transaction.currency,
-                                     v_net_amount, p_pending_change => -v_net_amount);
+    v_balance_after := wallet.apply_to_wallet(v_transaction.wallet_id, v_net_amount,
+                                              p_pending_change => -v_net_amount);
+    INSERT INTO wallet.entries (transaction_id, wallet_id, account, currency, net_amount, balance_before, balance_after)
+    SELECT p_transaction_id, leg.wallet_id, leg.account, v_transaction.currency, leg.net_amount,
+           leg.balance_before, leg.balance_after
+    FROM (VALUES (NULL::uuid, 'world', -v_transaction.amount, NULL::bigint, NULL::bigint),
+                 (NULL, 'revenue', v_transaction.fee, NULL, NULL),
+                 (v_transaction.wallet_id, NULL, v_net_amount, v_balance_after - v_net_amount, v_balance_after))
+         AS leg (wallet_id, account, net_amount, balance_before, balance_after)
+    WHERE leg.net_amount <> 0;
     RETURN 'posted';
 END
 $$;

@@ -6,8 +6,8 @@
 -- amount - fee at once, and its settlement job is enqueued in this same transaction.
 -- Order: validate the request, read the wallet (owner and currency never change, so no
 -- lock), compute the fee, claim the idempotency key, write the transaction and the
--- system legs, and only then lock the wallet: the lock is held for the credit (or the
--- pending change), one entry and the commit.
+-- scheduled row, and only then lock the wallet: the lock is held for the credit (or the
+-- pending change), the entries and the commit.
 -- Locks: the wallet row.
 -- Raises: WI400 invalid_request, WN404 not_found, WB422 amount_below_fee, WL422 balance_limit_exceeded,
 --         WS409 wallet_not_active, WK409 idempotency_key_reused.
@@ -30,6 +30,8 @@ DECLARE
     v_wallet      wallet.wallets;
     v_transaction wallet.transactions;
     v_replay      jsonb;
+    v_net_amount  bigint;
+    v_balance_after bigint;
     v_scheduled   boolean := p_available_at > now() + interval '1 second';
 BEGIN
     PERFORM wallet.check_movement_request(p_amount, p_reference, coalesce(p_metadata, '{}'));
@@ -78,10 +80,15 @@ BEGIN
         RETURN wallet.to_transaction_result(v_transaction, false);
     END IF;
 
-    PERFORM wallet.post_system_entries(v_transaction.id, v_wallet.currency,
-                                       p_world_net => -p_amount, p_revenue_net => v_transaction.fee);
-    PERFORM wallet.post_wallet_entry(v_transaction.id, p_wallet_id, v_wallet.currency,
-                                     p_amount - v_transaction.fee);
+    v_net_amount := p_amount - v_transaction.fee;
+    v_balance_after := wallet.apply_to_wallet(p_wallet_id, v_net_amount);
+    INSERT INTO wallet.entries (transaction_id, wallet_id, account, currency, net_amount, balance_before, balance_after)
+    SELECT v_transaction.id, leg.wallet_id, leg.account, v_wallet.currency, leg.net_amount, leg.balance_before, leg.balance_after
+    FROM (VALUES (NULL::uuid, 'world', -p_amount, NULL::bigint, NULL::bigint),
+                 (NULL, 'revenue', v_transaction.fee, NULL, NULL),
+                 (p_wallet_id, NULL, v_net_amount, v_balance_after - v_net_amount, v_balance_after))
+         AS leg (wallet_id, account, net_amount, balance_before, balance_after)
+    WHERE leg.net_amount <> 0;
     RETURN wallet.to_transaction_result(v_transaction, false);
 END
 $$;

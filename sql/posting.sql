@@ -1,19 +1,18 @@
--- Posting: the only code that changes a wallet's balance or writes entries.
+-- Posting: the only code that changes a wallet's balance, and the helpers every movement
+-- shares. Each movement writes its own entries (its legs are its meaning), in one INSERT.
 
--- wallet.post_wallet_entry: apply p_net_amount to one wallet and record the entry with
--- the balance before and after. p_pending_change moves pending in the same update (a
--- settling deposit leaves pending as it enters the balance).
+-- wallet.apply_to_wallet: add p_net_amount to one wallet's balance (and p_pending_change
+-- to its pending, for a settling deposit) and return the balance after. The caller then
+-- writes all the entries of its transaction in one INSERT, with balance_before/after.
 -- Locks: the wallet row, by the UPDATE itself, until the caller's transaction ends.
--- Callers locking two wallets call this in wallet id order, so opposite transfers wait
+-- Callers changing two wallets call this in wallet id order, so opposite transfers wait
 -- for each other instead of deadlocking.
 -- A debit applies only while the balance covers it, a credit only while the balance stays
 -- within 10^18 (so the sum can never overflow); the check and the write are one
 -- statement, re-checked by PostgreSQL on the newest row version after any wait.
 -- Raises: WS409 wallet_not_active, WF422 insufficient_funds, WL422 balance_limit_exceeded.
-CREATE OR REPLACE FUNCTION wallet.post_wallet_entry(
-    p_transaction_id uuid,
+CREATE OR REPLACE FUNCTION wallet.apply_to_wallet(
     p_wallet_id      uuid,
-    p_currency       text,
     p_net_amount     bigint,
     p_pending_change bigint DEFAULT 0
 ) RETURNS bigint
@@ -44,34 +43,7 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'WF422', MESSAGE = 'insufficient funds',
             DETAIL = format('wallet %s has %s available, %s needed', p_wallet_id, v_wallet.balance, -p_net_amount);
     END IF;
-
-    INSERT INTO wallet.entries (transaction_id, wallet_id, currency, net_amount, balance_before, balance_after)
-    VALUES (p_transaction_id, p_wallet_id, p_currency, p_net_amount, v_balance_after - p_net_amount, v_balance_after);
     RETURN v_balance_after;
-END
-$$;
-
--- wallet.post_system_entries: the legs of a transaction on the system accounts. They are
--- append-only entries with no balance row, so posting them locks nothing. Zero legs
--- (no fee) are left out.
-CREATE OR REPLACE FUNCTION wallet.post_system_entries(
-    p_transaction_id uuid,
-    p_currency       text,
-    p_world_net      bigint,
-    p_revenue_net    bigint
-) RETURNS void
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    IF p_world_net <> 0 THEN
-        INSERT INTO wallet.entries (transaction_id, account, currency, net_amount)
-        VALUES (p_transaction_id, 'world', p_currency, p_world_net);
-    END IF;
-    IF p_revenue_net <> 0 THEN
-        INSERT INTO wallet.entries (transaction_id, account, currency, net_amount)
-        VALUES (p_transaction_id, 'revenue', p_currency, p_revenue_net);
-    END IF;
 END
 $$;
 
@@ -120,8 +92,7 @@ BEGIN
 END
 $$;
 
-REVOKE ALL ON FUNCTION wallet.post_wallet_entry(uuid, uuid, text, bigint, bigint) FROM PUBLIC;
-REVOKE ALL ON FUNCTION wallet.post_system_entries(uuid, text, bigint, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION wallet.apply_to_wallet(uuid, bigint, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION wallet.to_transaction_result(wallet.transactions, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION wallet.replayed_transaction(jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION wallet.find_wallet(text, uuid) FROM PUBLIC;

@@ -4,7 +4,7 @@
 -- the fee (the sender's owner's rule). Nothing changes unless the sender's available
 -- covers amount + fee and both wallets are active.
 -- Order: validate, read both wallets (no lock), compute the fee, claim the idempotency
--- key, write the transaction and revenue leg, then lock both wallets in id order.
+-- key, write the transaction, then lock both wallets in id order and write the entries.
 -- Locks: both wallet rows, lower id first, so two opposite transfers never deadlock.
 -- Raises: WI400 invalid_request, WN404 not_found (either wallet; the sender also when
 --         it belongs to another owner), WW422 same_wallet, WM422 currency_mismatch,
@@ -28,8 +28,10 @@ AS $$
 DECLARE
     v_from        wallet.wallets;
     v_to          wallet.wallets;
-    v_debit       bigint;
-    v_transaction wallet.transactions;
+    v_debit        bigint;
+    v_from_balance bigint;
+    v_to_balance   bigint;
+    v_transaction  wallet.transactions;
     v_replay      jsonb;
 BEGIN
     PERFORM wallet.check_movement_request(p_amount, p_reference, coalesce(p_metadata, '{}'));
@@ -64,16 +66,21 @@ BEGIN
     END IF;
 
     INSERT INTO wallet.transactions VALUES (v_transaction.*);
-    PERFORM wallet.post_system_entries(v_transaction.id, v_from.currency,
-                                       p_world_net => 0, p_revenue_net => v_transaction.fee);
     v_debit := p_amount + v_transaction.fee;
     IF p_from_wallet_id < p_to_wallet_id THEN
-        PERFORM wallet.post_wallet_entry(v_transaction.id, p_from_wallet_id, v_from.currency, -v_debit);
-        PERFORM wallet.post_wallet_entry(v_transaction.id, p_to_wallet_id, v_from.currency, p_amount);
+        v_from_balance := wallet.apply_to_wallet(p_from_wallet_id, -v_debit);
+        v_to_balance   := wallet.apply_to_wallet(p_to_wallet_id, p_amount);
     ELSE
-        PERFORM wallet.post_wallet_entry(v_transaction.id, p_to_wallet_id, v_from.currency, p_amount);
-        PERFORM wallet.post_wallet_entry(v_transaction.id, p_from_wallet_id, v_from.currency, -v_debit);
+        v_to_balance   := wallet.apply_to_wallet(p_to_wallet_id, p_amount);
+        v_from_balance := wallet.apply_to_wallet(p_from_wallet_id, -v_debit);
     END IF;
+    INSERT INTO wallet.entries (transaction_id, wallet_id, account, currency, net_amount, balance_before, balance_after)
+    SELECT v_transaction.id, leg.wallet_id, leg.account, v_from.currency, leg.net_amount, leg.balance_before, leg.balance_after
+    FROM (VALUES (p_from_wallet_id, NULL, -v_debit, v_from_balance + v_debit, v_from_balance),
+                 (p_to_wallet_id, NULL, p_amount, v_to_balance - p_amount, v_to_balance),
+                 (NULL::uuid, 'revenue', v_transaction.fee, NULL::bigint, NULL::bigint))
+         AS leg (wallet_id, account, net_amount, balance_before, balance_after)
+    WHERE leg.net_amount <> 0;
     RETURN wallet.to_transaction_result(v_transaction, false);
 END
 $$;

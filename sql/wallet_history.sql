@@ -55,9 +55,9 @@ BEGIN
     RETURN QUERY
         SELECT item.*
         FROM (
-            (SELECT e.id, e.transaction_id, t.kind, t.status, e.net_amount,
-                    CASE WHEN e.wallet_id = t.to_wallet_id THEN 0 ELSE t.fee END,
-                    e.balance_after, e.created_at, t.reference
+            (SELECT e.id, e.transaction_id, t.kind::text, t.status::text, e.net_amount,
+                    CASE WHEN e.wallet_id = t.to_wallet_id THEN 0 ELSE t.fee END::bigint,
+                    e.balance_after, e.created_at, t.reference::text
              FROM wallet.entries AS e
              JOIN wallet.transactions AS t ON t.id = e.transaction_id
              WHERE e.wallet_id = p_wallet_id
@@ -67,8 +67,8 @@ BEGIN
              ORDER BY e.id DESC
              LIMIT p_limit)
             UNION ALL
-            (SELECT t.history_seq, t.id, t.kind, t.status, t.amount - t.fee,
-                    t.fee, NULL::bigint, t.created_at, t.reference
+            (SELECT t.history_seq, t.id, t.kind::text, t.status::text, (t.amount - t.fee)::bigint,
+                    t.fee::bigint, NULL::bigint, t.created_at, t.reference::text
              FROM wallet.transactions AS t
              WHERE t.wallet_id = p_wallet_id
                AND t.status <> 'posted'

@@ -3,8 +3,8 @@
 -- The wallet is debited amount + fee; the outside world receives amount and commission
 -- revenue the fee. Nothing changes unless available covers amount + fee.
 -- Order: validate, read the wallet (no lock), compute the fee, claim the idempotency
--- key, write the transaction and system legs, then lock and debit the wallet.
--- Locks: the wallet row (in wallet.post_wallet_entry).
+-- key, write the transaction, then lock and debit the wallet and write the entries.
+-- Locks: the wallet row (in wallet.apply_to_wallet).
 -- Raises: WI400 invalid_request, WN404 not_found, WS409 wallet_not_active,
 --         WF422 insufficient_funds, WK409 idempotency_key_reused.
 CREATE OR REPLACE FUNCTION wallet.withdraw(
@@ -25,6 +25,8 @@ DECLARE
     v_wallet      wallet.wallets;
     v_transaction wallet.transactions;
     v_replay      jsonb;
+    v_debit       bigint;
+    v_balance_after bigint;
 BEGIN
     PERFORM wallet.check_movement_request(p_amount, p_reference, coalesce(p_metadata, '{}'));
     v_wallet := wallet.find_wallet(p_acting_owner_id, p_wallet_id);
@@ -49,10 +51,15 @@ BEGIN
     END IF;
 
     INSERT INTO wallet.transactions VALUES (v_transaction.*);
-    PERFORM wallet.post_system_entries(v_transaction.id, v_wallet.currency,
-                                       p_world_net => p_amount, p_revenue_net => v_transaction.fee);
-    PERFORM wallet.post_wallet_entry(v_transaction.id, p_wallet_id, v_wallet.currency,
-                                     -(p_amount + v_transaction.fee));
+    v_debit := p_amount + v_transaction.fee;
+    v_balance_after := wallet.apply_to_wallet(p_wallet_id, -v_debit);
+    INSERT INTO wallet.entries (transaction_id, wallet_id, account, currency, net_amount, balance_before, balance_after)
+    SELECT v_transaction.id, leg.wallet_id, leg.account, v_wallet.currency, leg.net_amount, leg.balance_before, leg.balance_after
+    FROM (VALUES (p_wallet_id, NULL, -v_debit, v_balance_after + v_debit, v_balance_after),
+                 (NULL::uuid, 'world', p_amount, NULL::bigint, NULL::bigint),
+                 (NULL, 'revenue', v_transaction.fee, NULL, NULL))
+         AS leg (wallet_id, account, net_amount, balance_before, balance_after)
+    WHERE leg.net_amount <> 0;
     RETURN wallet.to_transaction_result(v_transaction, false);
 END
 $$;
