@@ -83,12 +83,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = load_worker_settings()
     configure_logging(settings.log_level)
-    app = create_app()
+    concurrency = args.concurrency or settings.concurrency
+    app = create_app(concurrency=concurrency)
 
     async def work() -> None:
         async with app.open_async():
             await app.run_worker_async(
-                concurrency=args.concurrency or settings.concurrency,
+                concurrency=concurrency,
                 fetch_job_polling_interval=settings.poll_seconds,
                 install_signal_handlers=True,
             )

@@ -111,6 +111,7 @@ class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True):
     poll_seconds: float
     settle_max_retries: int
     settle_retry_base_seconds: int
+    settle_sweep_limit: int
     reconcile_grace_seconds: int
     job_retention_hours: int
     log_level: str
@@ -122,6 +123,7 @@ def load_worker_settings() -> WorkerSettings:
         poll_seconds=_int("WALLET_WORKER_POLL_MILLISECONDS", 200, 10, 60000) / 1000,
         settle_max_retries=_int("WALLET_SETTLE_MAX_RETRIES", 8, 0, 100),
         settle_retry_base_seconds=_int("WALLET_SETTLE_RETRY_BASE_SECONDS", 2, 1, 3600),
+        settle_sweep_limit=_int("WALLET_SETTLE_SWEEP_LIMIT", 50, 0, 1000),
         reconcile_grace_seconds=_int("WALLET_RECONCILE_GRACE_SECONDS", 30, 1, 86400),
         job_retention_hours=_int("WALLET_JOB_RETENTION_HOURS", 72, 1, 24 * 365),
         log_level=_choice("WALLET_LOG_LEVEL", "INFO", LOG_LEVELS),

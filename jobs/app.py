@@ -8,8 +8,17 @@ from api.database import database_url
 from jobs.tasks import tasks
 
 
-def create_app(url: str | None = None) -> procrastinate.App:
-    connector = procrastinate.PsycopgConnector(conninfo=url or database_url())
+def create_app(url: str | None = None, concurrency: int = 1) -> procrastinate.App:
+    connector = procrastinate.PsycopgConnector(
+        conninfo=url or database_url(),
+        # One connection per concurrent job, plus the listener and the periodic deferrer.
+        min_size=1,
+        max_size=concurrency + 2,
+        # Queue bookkeeping (fetching, finishing) need not wait for a WAL flush: lost in a
+        # crash, a job runs again, harmlessly. Settlements themselves commit durably
+        # (wallet.settle_deposit turns synchronous_commit back on for its transaction).
+        kwargs={"options": "-c synchronous_commit=off"},
+    )
     app = procrastinate.App(connector=connector)
     app.add_tasks_from(tasks, namespace="wallet")
     return app

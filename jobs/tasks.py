@@ -37,9 +37,12 @@ async def settle_deposit(context: procrastinate.JobContext, transaction_id: str)
     """Post a scheduled deposit that is due (exactly once; a repeat delivery changes nothing)."""
     last_attempt = context.job.attempts >= settings.settle_max_retries
     row = await context.app.connector.execute_query_one_async(
-        "SELECT wallet.settle_deposit(%(transaction_id)s::uuid, %(last_attempt)s) AS outcome",
+        "SELECT wallet.settle_deposit(%(transaction_id)s::uuid, %(last_attempt)s, %(sweep)s) AS outcome",
         transaction_id=transaction_id,
         last_attempt=last_attempt,
+        # Other due deposits posted along with this one: when many fall due in the same
+        # second, a handful of jobs post them all and the others find theirs posted.
+        sweep=settings.settle_sweep_limit,
     )
     logger.info("deposit %s: %s (attempt %s)", transaction_id, row["outcome"], context.job.attempts + 1)
     return row["outcome"]

@@ -97,6 +97,10 @@ CREATE TABLE wallet.transactions (
 CREATE INDEX transactions_unposted_history_idx
     ON wallet.transactions (wallet_id, history_seq DESC) WHERE status <> 'posted';
 
+-- Due scheduled deposits, for the settlement sweep and the reconciler.
+CREATE INDEX transactions_scheduled_idx
+    ON wallet.transactions (available_at) WHERE status = 'scheduled';
+
 CREATE SEQUENCE wallet.history_seq AS bigint;
 
 -- One row per leg of a posted transaction. A leg is either a merchant wallet (wallet_id)

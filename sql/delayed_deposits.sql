@@ -49,27 +49,85 @@ AS $$
     WHERE queueing_lock = 'settle-deposit:' || p_transaction_id AND status = 'todo'
 $$;
 
--- wallet.settle_deposit: post a due scheduled deposit. Called by the settlement job;
+-- wallet.settlement_blocker: why the due deposit p_transaction (its row locked by the
+-- caller) cannot be posted now, or NULL when it can: the wallet is frozen or closed, or
+-- the credit would take it past 10^18.
+-- Locks: the wallet row (FOR NO KEY UPDATE), held until the caller's transaction ends.
+CREATE OR REPLACE FUNCTION wallet.settlement_blocker(p_transaction wallet.transactions)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_wallet wallet.wallets;
+BEGIN
+    SELECT * INTO STRICT v_wallet FROM wallet.wallets WHERE id = p_transaction.wallet_id FOR NO KEY UPDATE;
+    IF v_wallet.status <> 'active' THEN
+        RETURN format('wallet %s was %s', v_wallet.id, v_wallet.status);
+    END IF;
+    IF v_wallet.balance + (p_transaction.amount - p_transaction.fee) > 1000000000000000000 THEN
+        RETURN format('wallet %s would exceed the maximum balance of 10^18', v_wallet.id);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+-- wallet.post_scheduled_deposit: post the due deposit p_transaction, whose row and wallet
+-- row the caller has locked and checked (wallet.settlement_blocker): balance += net,
+-- pending -= net, the entries, status posted.
+CREATE OR REPLACE FUNCTION wallet.post_scheduled_deposit(p_transaction wallet.transactions)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_net_amount    bigint := p_transaction.amount - p_transaction.fee;
+    v_balance_after bigint;
+BEGIN
+    UPDATE wallet.transactions SET status = 'posted', posted_at = now() WHERE id = p_transaction.id;
+    v_balance_after := wallet.apply_to_wallet(p_transaction.wallet_id, v_net_amount,
+                                              p_pending_change => -v_net_amount);
+    INSERT INTO wallet.entries (transaction_id, wallet_id, account, currency, net_amount, balance_before, balance_after)
+    SELECT p_transaction.id, leg.wallet_id, leg.account, p_transaction.currency, leg.net_amount,
+           leg.balance_before, leg.balance_after
+    FROM (VALUES (NULL::uuid, 'world', -p_transaction.amount, NULL::bigint, NULL::bigint),
+                 (NULL, 'revenue', p_transaction.fee, NULL, NULL),
+                 (p_transaction.wallet_id, NULL, v_net_amount, v_balance_after - v_net_amount, v_balance_after))
+         AS leg (wallet_id, account, net_amount, balance_before, balance_after)
+    WHERE leg.net_amount <> 0;
+END
+$$;
+
+-- wallet.settle_deposit: post a due scheduled deposit. Called by its settlement job;
 -- safe to call any number of times (only the first call that finds it scheduled and due
 -- posts it). Returns the outcome: 'posted', 'not_due', or the status it already had
 -- ('posted', 'canceled', 'failed').
--- When the wallet is frozen or closed: raises WS409 so the job retries later; on the
--- last attempt (p_last_attempt) the deposit becomes 'failed' instead, its pending
--- released, and 'failed' is returned.
+-- When the deposit cannot be posted (wallet.settlement_blocker): raises WS409 or WL422
+-- so the job retries later; on the last attempt (p_last_attempt) the deposit becomes
+-- 'failed' instead, its pending released, and 'failed' is returned.
+-- Then, in the same transaction (also when its own deposit was already posted), it
+-- sweeps up to p_sweep_limit other due deposits (wallet.settle_due_deposits): when many
+-- fall due at once, the first jobs post them all and the rest find them posted. Each
+-- job still guarantees its own deposit.
 -- Locks: the transaction row, then the wallet row.
--- Raises: WN404 not_found (no such deposit), WS409 wallet_not_active (retry).
-CREATE OR REPLACE FUNCTION wallet.settle_deposit(p_transaction_id uuid, p_last_attempt boolean DEFAULT false)
-RETURNS text
+-- Raises: WN404 not_found (no such deposit), WS409 wallet_not_active or
+--         WL422 balance_limit_exceeded (to be retried).
+CREATE OR REPLACE FUNCTION wallet.settle_deposit(
+    p_transaction_id uuid,
+    p_last_attempt   boolean DEFAULT false,
+    p_sweep_limit    integer DEFAULT 0
+) RETURNS text
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_transaction wallet.transactions;
-    v_net_amount  bigint;
-    v_balance_after bigint;
-    v_status      text;
+    v_transaction    wallet.transactions;
+    v_failure_reason text;
 BEGIN
+    -- Money is posted durably, whatever the caller's session says (the worker's queue
+    -- bookkeeping runs with synchronous_commit off).
+    PERFORM set_config('synchronous_commit', 'on', true);
     SELECT * INTO v_transaction
     FROM wallet.transactions
     WHERE id = p_transaction_id AND kind = 'deposit'
@@ -79,44 +137,72 @@ BEGIN
             DETAIL = format('transaction %s', p_transaction_id);
     END IF;
     IF v_transaction.status <> 'scheduled' THEN
+        -- Posted by another job's sweep (or canceled): sweep on, the others are due too.
+        IF p_sweep_limit > 0 THEN
+            PERFORM wallet.settle_due_deposits(p_sweep_limit);
+        END IF;
         RETURN v_transaction.status;
     END IF;
     IF v_transaction.available_at > now() THEN
         RETURN 'not_due';
     END IF;
-    v_net_amount := v_transaction.amount - v_transaction.fee;
 
-    SELECT status INTO STRICT v_status
-    FROM wallet.wallets WHERE id = v_transaction.wallet_id
-    FOR NO KEY UPDATE;
-
-    IF v_status <> 'active' THEN
+    v_failure_reason := wallet.settlement_blocker(v_transaction);
+    IF v_failure_reason IS NOT NULL THEN
         IF NOT p_last_attempt THEN
-            RAISE EXCEPTION USING ERRCODE = 'WS409', MESSAGE = format('wallet is %s; settlement will be retried', v_status),
-                DETAIL = format('deposit %s, wallet %s', p_transaction_id, v_transaction.wallet_id);
+            RAISE EXCEPTION USING
+                ERRCODE = CASE WHEN v_failure_reason LIKE '%maximum balance%' THEN 'WL422' ELSE 'WS409' END,
+                MESSAGE = v_failure_reason || '; settlement will be retried',
+                DETAIL = format('deposit %s', p_transaction_id);
         END IF;
-        UPDATE wallet.wallets SET pending = pending - v_net_amount, updated_at = now()
+        UPDATE wallet.wallets
+        SET pending = pending - (v_transaction.amount - v_transaction.fee), updated_at = now()
         WHERE id = v_transaction.wallet_id;
         UPDATE wallet.transactions
         SET status = 'failed',
-            failure_reason = format('wallet %s was %s at every settlement attempt', v_transaction.wallet_id, v_status),
+            failure_reason = v_failure_reason || ' at every settlement attempt',
             history_seq = nextval('wallet.history_seq')
         WHERE id = p_transaction_id;
         RETURN 'failed';
     END IF;
 
-    UPDATE wallet.transactions SET status = 'posted', posted_at = now() WHERE id = p_transaction_id;
-    v_balance_after := wallet.apply_to_wallet(v_transaction.wallet_id, v_net_amount,
-                                              p_pending_change => -v_net_amount);
-    INSERT INTO wallet.entries (transaction_id, wallet_id, account, currency, net_amount, balance_before, balance_after)
-    SELECT p_transaction_id, leg.wallet_id, leg.account, v_transaction.currency, leg.net_amount,
-           leg.balance_before, leg.balance_after
-    FROM (VALUES (NULL::uuid, 'world', -v_transaction.amount, NULL::bigint, NULL::bigint),
-                 (NULL, 'revenue', v_transaction.fee, NULL, NULL),
-                 (v_transaction.wallet_id, NULL, v_net_amount, v_balance_after - v_net_amount, v_balance_after))
-         AS leg (wallet_id, account, net_amount, balance_before, balance_after)
-    WHERE leg.net_amount <> 0;
+    PERFORM wallet.post_scheduled_deposit(v_transaction);
+    IF p_sweep_limit > 0 THEN
+        PERFORM wallet.settle_due_deposits(p_sweep_limit);
+    END IF;
     RETURN 'posted';
+END
+$$;
+
+-- wallet.settle_due_deposits: post up to p_limit due scheduled deposits that nobody else
+-- is settling right now (SKIP LOCKED), leaving any that cannot be posted to their own
+-- jobs. Returns how many it posted.
+-- Locks: each deposit row, then its wallet row, in wallet id order (the order transfers
+-- lock wallets in), so it never deadlocks with them or with itself.
+CREATE OR REPLACE FUNCTION wallet.settle_due_deposits(p_limit integer DEFAULT 100)
+RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_transaction wallet.transactions;
+    v_posted      integer := 0;
+BEGIN
+    PERFORM set_config('synchronous_commit', 'on', true);
+    FOR v_transaction IN
+        SELECT * FROM wallet.transactions
+        WHERE status = 'scheduled' AND available_at <= now()
+        ORDER BY wallet_id, id
+        LIMIT least(p_limit, 1000)
+        FOR UPDATE SKIP LOCKED
+    LOOP
+        IF wallet.settlement_blocker(v_transaction) IS NULL THEN
+            PERFORM wallet.post_scheduled_deposit(v_transaction);
+            v_posted := v_posted + 1;
+        END IF;
+    END LOOP;
+    RETURN v_posted;
 END
 $$;
 
@@ -213,9 +299,13 @@ $$;
 
 REVOKE ALL ON FUNCTION wallet.enqueue_settlement(uuid, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION wallet.delete_settlement_job(uuid) FROM PUBLIC;
-REVOKE ALL ON FUNCTION wallet.settle_deposit(uuid, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION wallet.settlement_blocker(wallet.transactions) FROM PUBLIC;
+REVOKE ALL ON FUNCTION wallet.post_scheduled_deposit(wallet.transactions) FROM PUBLIC;
+REVOKE ALL ON FUNCTION wallet.settle_deposit(uuid, boolean, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION wallet.settle_due_deposits(integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION wallet.cancel_deposit(text, text, text, text, uuid) FROM PUBLIC;
 REVOKE ALL ON FUNCTION wallet.reconcile_scheduled_deposits(interval) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION wallet.settle_deposit(uuid, boolean) TO wallet_app;
+GRANT EXECUTE ON FUNCTION wallet.settle_deposit(uuid, boolean, integer) TO wallet_app;
+GRANT EXECUTE ON FUNCTION wallet.settle_due_deposits(integer) TO wallet_app;
 GRANT EXECUTE ON FUNCTION wallet.cancel_deposit(text, text, text, text, uuid) TO wallet_app;
 GRANT EXECUTE ON FUNCTION wallet.reconcile_scheduled_deposits(interval) TO wallet_app;
