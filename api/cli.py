@@ -62,6 +62,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if settings.database_url is None:
         # One embedded server for every worker process, started here.
         os.environ["DATABASE_URL"] = database_url()
+    # uvicorn drains on SIGTERM/SIGINT (in-flight requests finish, the pool closes), then
+    # re-raises the signal; a requested stop is a clean exit, so it lands here as exit 0.
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, _exit_cleanly)
     uvicorn.run(
         "api.app:create_asgi_app",
         factory=True,
@@ -74,6 +78,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=args.graceful_seconds,
     )
     return 0
+
+
+def _exit_cleanly(*_: object) -> None:
+    raise SystemExit(0)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
