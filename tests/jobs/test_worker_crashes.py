@@ -143,7 +143,8 @@ def test_two_workers_at_once_settle_each_deposit_exactly_once(db, workers, depos
         lambda: (
             scalar(
                 db,
-                "SELECT count(*) FROM procrastinate_jobs WHERE task_name = %s AND status IN ('todo', 'doing')",
+                "SELECT count(*) FROM procrastinate_jobs"
+                " WHERE task_name = %s AND status IN ('todo', 'doing')",
                 SETTLE_TASK,
             )
             == 0
