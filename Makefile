@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test soak lint format bench lock clean
+.PHONY: install run test soak lint format bench lock clean pgbouncer
 
 install: $(STAMP)
 
@@ -18,8 +18,15 @@ $(STAMP): pyproject.toml requirements.lock
 run: install
 	$(BIN)/wallet run
 
-test: install
+test: install pgbouncer
 	$(BIN)/pytest
+
+# PgBouncer for its test (Debian's package); where it cannot be installed, that test skips.
+pgbouncer:
+	@command -v pgbouncer >/dev/null || test -x /usr/sbin/pgbouncer || \
+		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		  apt-get install -y -qq pgbouncer >/dev/null 2>&1; } || \
+		echo "pgbouncer not installed: its test will be skipped"
 
 soak: install
 	$(BIN)/pytest -m soak

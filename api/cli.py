@@ -99,6 +99,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             await app.run_worker_async(
                 concurrency=concurrency,
                 fetch_job_polling_interval=settings.poll_seconds,
+                listen_notify=settings.listen_notify,
                 install_signal_handlers=True,
             )
 

@@ -109,6 +109,7 @@ class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True):
 
     concurrency: int
     poll_seconds: float
+    listen_notify: bool
     settle_max_retries: int
     settle_retry_base_seconds: int
     settle_sweep_limit: int
@@ -121,6 +122,7 @@ def load_worker_settings() -> WorkerSettings:
     return WorkerSettings(
         concurrency=_int("WALLET_WORKER_CONCURRENCY", 16, 1, 256),
         poll_seconds=_int("WALLET_WORKER_POLL_MILLISECONDS", 200, 10, 60000) / 1000,
+        listen_notify=_choice("WALLET_WORKER_LISTEN_NOTIFY", "TRUE", ("TRUE", "FALSE")) == "TRUE",
         settle_max_retries=_int("WALLET_SETTLE_MAX_RETRIES", 8, 0, 100),
         settle_retry_base_seconds=_int("WALLET_SETTLE_RETRY_BASE_SECONDS", 2, 1, 3600),
         settle_sweep_limit=_int("WALLET_SETTLE_SWEEP_LIMIT", 50, 0, 1000),
