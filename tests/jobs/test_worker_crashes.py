@@ -45,22 +45,37 @@ def count_scheduled(db: psycopg.Connection) -> int:
     return scalar(db, "SELECT count(*) FROM wallet.transactions WHERE status = 'scheduled'")
 
 
-def schedule_many(db, deposit_at) -> tuple[list[Any], dict[Any, int]]:
+def schedule_many(db) -> tuple[list[Any], dict[Any, int]]:
     """DEPOSITS deposits spread over WALLETS new wallets, all due at once, LEAD from now;
-    returns the deposit ids and the balance each wallet must end with."""
-    wallet_ids = [new_wallet(db, f"merchant-{number}") for number in range(WALLETS)]
+    returns the deposit ids and the balance each wallet must end with. Two statements, so
+    a busy machine cannot make scheduling outlast LEAD."""
+    wallet_ids = [
+        row[0]
+        for row in db.execute(
+            "SELECT (wallet.open_wallet('svc', NULL, NULL, 'merchant-' || n)).id"
+            " FROM generate_series(1, %s) AS n",
+            (WALLETS,),
+        ).fetchall()
+    ]
     available_at = db_now(db) + LEAD
+    targets = [wallet_ids[number % WALLETS] for number in range(DEPOSITS)]
+    amounts = [1_000 + number for number in range(DEPOSITS)]
+    scheduled = db.execute(
+        """
+        SELECT deposit.id, deposit.status
+        FROM unnest(%s::uuid[], %s::bigint[]) WITH ORDINALITY AS request (wallet_id, amount, position),
+             LATERAL wallet.deposit('svc', NULL, NULL, NULL, request.wallet_id, request.amount,
+                                    NULL, NULL, %s) AS deposit
+        ORDER BY request.position
+        """,
+        (targets, amounts, available_at),
+    ).fetchall()
+    assert [status for _, status in scheduled] == ["scheduled"] * DEPOSITS
     expected = dict.fromkeys(wallet_ids, 0)
-    deposit_ids = []
-    for number in range(DEPOSITS):
-        wallet_id = wallet_ids[number % WALLETS]
-        amount = 1_000 + number
-        deposit = deposit_at(wallet_id, amount, available_at)
-        assert deposit["status"] == "scheduled"
-        deposit_ids.append(deposit["id"])
+    for wallet_id, amount in zip(targets, amounts, strict=True):
         expected[wallet_id] += amount
     assert db_now(db) < available_at, "scheduling took too long for this test to mean anything"
-    return deposit_ids, expected
+    return [deposit_id for deposit_id, _ in scheduled], expected
 
 
 def assert_settled_exactly_once(
@@ -99,9 +114,9 @@ def settle_job_workers(db: psycopg.Connection) -> set[int]:
     }
 
 
-def test_sigkill_mid_settlement_then_restart_settles_each_deposit_exactly_once(db, workers, deposit_at):
+def test_sigkill_mid_settlement_then_restart_settles_each_deposit_exactly_once(db, workers):
     worker = workers.start()
-    deposit_ids, expected = schedule_many(db, deposit_at)
+    deposit_ids, expected = schedule_many(db)
 
     workers.wait_until(
         lambda: count_posted(db) > 0, timeout=SETTLE_SECONDS, what="first deposit posted", interval=0.005
@@ -129,12 +144,12 @@ def test_sigkill_mid_settlement_then_restart_settles_each_deposit_exactly_once(d
 
 
 @pytest.mark.parametrize("sweep_limit", ["0", "50"])
-def test_two_workers_at_once_settle_each_deposit_exactly_once(db, workers, deposit_at, sweep_limit):
+def test_two_workers_at_once_settle_each_deposit_exactly_once(db, workers, sweep_limit):
     # Without sweeps each job posts its own deposit, so both workers must take part;
     # with them, the two workers' sweeps race over the same due deposits.
     workers.start(WALLET_SETTLE_SWEEP_LIMIT=sweep_limit)
     workers.start(WALLET_SETTLE_SWEEP_LIMIT=sweep_limit)
-    deposit_ids, expected = schedule_many(db, deposit_at)
+    deposit_ids, expected = schedule_many(db)
 
     workers.wait_until(lambda: count_scheduled(db) == 0, timeout=SETTLE_SECONDS, what="every deposit settled")
 
@@ -179,9 +194,9 @@ def test_a_deleted_settlement_job_is_replaced_by_the_reconciler(db, workers, dep
     assert violations(db) == []
 
 
-def test_sigterm_stops_a_busy_worker_cleanly_and_the_next_one_settles_the_rest(db, workers, deposit_at):
+def test_sigterm_stops_a_busy_worker_cleanly_and_the_next_one_settles_the_rest(db, workers):
     worker = workers.start()
-    deposit_ids, expected = schedule_many(db, deposit_at)
+    deposit_ids, expected = schedule_many(db)
     workers.wait_until(
         lambda: count_posted(db) > 0, timeout=SETTLE_SECONDS, what="first deposit posted", interval=0.005
     )
