@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import secrets
 import signal
@@ -23,6 +24,9 @@ from api.settings import SettingsError, load_settings
 
 DEV_SECRET_FILE = "jwt-secret"
 DEV_TOKEN_TTL_SECONDS = 24 * 3600
+WORKER_RESTART_DELAY_SECONDS = 1.0
+
+logger = logging.getLogger("wallet.cli")
 
 
 def cmd_migrate(_: argparse.Namespace) -> int:
@@ -86,6 +90,8 @@ def _exit_cleanly(*_: object) -> None:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """The job worker; SIGTERM (or Ctrl-C) lets running jobs finish, then exits 0."""
+    import procrastinate.exceptions
+
     from api.settings import load_worker_settings
     from jobs.app import create_app
 
@@ -96,15 +102,40 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     async def work() -> None:
         async with app.open_async():
-            await app.run_worker_async(
-                concurrency=concurrency,
-                fetch_job_polling_interval=settings.poll_seconds,
-                listen_notify=settings.listen_notify,
-                install_signal_handlers=True,
-            )
+            while True:
+                try:
+                    await app.run_worker_async(
+                        concurrency=concurrency,
+                        fetch_job_polling_interval=settings.poll_seconds,
+                        listen_notify=settings.listen_notify,
+                        install_signal_handlers=True,
+                    )
+                    return  # stopped by SIGTERM or SIGINT
+                except procrastinate.exceptions.ConnectorException:
+                    # The database went away under the worker (restart, failover, a killed
+                    # connection): jobs it was running are retried as stalled; start again.
+                    logger.warning("worker lost its database connection; restarting", exc_info=True)
+                    if await _stop_requested_within(WORKER_RESTART_DELAY_SECONDS):
+                        return
 
     asyncio.run(work())
     return 0
+
+
+async def _stop_requested_within(seconds: float) -> bool:
+    """Wait, honouring SIGTERM/SIGINT (the worker's own handlers are off between runs)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(stop_signal, stop.set)
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except TimeoutError:
+        pass
+    finally:
+        for stop_signal in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(stop_signal)
+    return stop.is_set()
 
 
 def cmd_token(args: argparse.Namespace) -> int:

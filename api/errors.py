@@ -88,6 +88,8 @@ RETRYABLE_SQLSTATES = {
 }
 UNAVAILABLE_EXCEPTIONS = (
     OSError,
+    # asyncpg's state machine after the server dropped a connection mid-operation.
+    asyncpg.exceptions.InternalClientError,
     asyncio.TimeoutError,
     asyncpg.InterfaceError,
     asyncpg.exceptions.ConnectionDoesNotExistError,
