@@ -47,16 +47,7 @@ def running_server(database_url: str, *, workers: int = 1, **settings: str) -> I
     )
     base_url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"wallet serve exited with {process.returncode}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError("wallet serve did not answer /healthz within 30 s")
-            time.sleep(0.1)
+        wait_until_healthy(base_url, process)
         yield base_url
     finally:
         process.terminate()
@@ -65,6 +56,20 @@ def running_server(database_url: str, *, workers: int = 1, **settings: str) -> I
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def wait_until_healthy(base_url: str, process: subprocess.Popen) -> None:
+    """Until /healthz answers 200; fails if the process exits or 30 s pass."""
+    deadline = time.monotonic() + 30
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"wallet serve exited with {process.returncode}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
+                return
+        if time.monotonic() > deadline:
+            raise RuntimeError("wallet serve did not answer /healthz within 30 s")
+        time.sleep(0.1)
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import time
 import httpx
 import psycopg
 
-from tests.api.conftest import ROOT, free_port, server_environment
+from tests.api.conftest import ROOT, free_port, server_environment, wait_until_healthy
 
 
 def test_sigterm_finishes_the_in_flight_request_and_exits_0(database_url, token):
@@ -23,7 +23,7 @@ def test_sigterm_finishes_the_in_flight_request_and_exits_0(database_url, token)
     try:
         headers = {"Authorization": f"Bearer {token()}"}
         with httpx.Client(base_url=base_url, headers=headers, timeout=30) as client:
-            _wait_until_healthy(client, server)
+            wait_until_healthy(base_url, server)
             wallet = client.post("/v1/wallets", json={"owner_id": "drain"}).json()
             client.post(f"/v1/wallets/{wallet['id']}/deposits", json={"amount": 1000}).raise_for_status()
 
@@ -58,19 +58,6 @@ def test_sigterm_finishes_the_in_flight_request_and_exits_0(database_url, token)
         if server.poll() is None:
             server.kill()
             server.wait()
-
-
-def _wait_until_healthy(client: httpx.Client, server: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert server.poll() is None, f"wallet serve exited with {server.returncode}"
-        try:
-            if client.get("/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("wallet serve did not become healthy")
 
 
 def _wait_until_waiting_on_a_lock(blocker: psycopg.Connection, database_url: str) -> None:
