@@ -5,12 +5,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from bench import BenchmarkFailed, settlement_bench, sql_bench
+from bench import BenchmarkFailed, http_bench, settlement_bench, sql_bench
 
 # Each suite prints its table, writes bench/results/<name>.json and raises BenchmarkFailed
 # when a run is not clean. The HTTP and delayed-deposit suites go here as they land.
 SUITES: dict[str, Callable[[], None]] = {
     "sql": sql_bench.main,
+    "http": http_bench.main,
     "settlement": settlement_bench.main,
 }
 
