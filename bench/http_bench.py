@@ -1,17 +1,17 @@
 """The HTTP suite: wrk drives the API server, one process, over keep-alive connections.
 
-The database is the SQL suite's (same server, same seed); the server is `wallet serve`
+The database server and seed are the SQL suite's; the API server is `wallet serve`
 (uvicorn) started as its own process, and wrk (bench/http/*.lua) loads it from another.
 Each scenario gets a warm-up run that is thrown away, then a measured run. Any response
-that is not 2xx, any socket error or timeout, or any ledger violation afterwards fails the
-suite. Throughput is compared with the SQL suite's figures in bench/results/sql.json.
+that is not 2xx or is a replay, any socket error or timeout, or any ledger violation
+afterwards fails the suite. Throughput is compared with the SQL suite's figures in
+bench/results/sql.json; granian, when installed, is compared with uvicorn.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.metadata
-import importlib.util
 import json
 import os
 import platform
@@ -146,20 +146,19 @@ def main() -> None:
         raise BenchmarkFailed("wrk not found: install it (apt-get install wrk)")
     wrk_version = subprocess.run([wrk, "-v"], capture_output=True, text=True).stdout.splitlines()[0]
     sql_report = sql_figures()
-    runs = [MAIN_RUN, ACCESS_LOG_RUN]
-    if importlib.util.find_spec("granian"):
-        runs.append(GRANIAN_RUN)
+    versions = server_versions()
+    runs = [MAIN_RUN, ACCESS_LOG_RUN, *([GRANIAN_RUN] if "granian" in versions else [])]
 
     load_before = os.getloadavg()[0]
     url = fresh_database(sql_bench.server_url())
     settings = sql_bench.durable_settings(url)
     print(f"http bench: {wrk_version}, {os.cpu_count()} cores, {CONNECTIONS} connections")
     print("  " + ", ".join(f"{name}={value}" for name, value in settings.items()))
-    print(f"  servers: {', '.join(f'{name} {version}' for name, version in server_versions().items())}")
+    print(f"  servers: {', '.join(f'{name} {version}' for name, version in versions.items())}")
     print(f"  load average before the run: {load_before:.2f}")
     if load_before >= sql_bench.BUSY_LOAD:
         print("  WARNING: the machine is busy with other work; the figures will be noisy")
-    if "granian" not in server_versions():
+    if GRANIAN_RUN not in runs:
         print("  granian is not installed: the uvicorn/granian comparison is skipped")
     sql_bench.seed(url)
 
@@ -188,7 +187,7 @@ def main() -> None:
             "load_average_before": round(load_before, 2),
         },
         "database": settings,
-        "servers": server_versions(),
+        "servers": versions,
         "wrk": wrk_version,
         "connections": CONNECTIONS,
         "wrk_threads": WRK_THREADS,
