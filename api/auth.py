@@ -82,8 +82,9 @@ def bearer_token(connection: ASGIConnection) -> str:
     return token.strip()
 
 
-def authorize(connection: ASGIConnection, route_handler: BaseRouteHandler) -> None:
+async def authorize(connection: ASGIConnection, route_handler: BaseRouteHandler) -> None:
     """Guard: authenticate the bearer token and require the route's scope (opt['scope'])."""
+    # async although it does no I/O: Litestar would run a plain def in a worker thread.
     verifier: TokenVerifier = connection.app.state.token_verifier
     principal = verifier.verify(bearer_token(connection))
     required = route_handler.opt["scope"]
