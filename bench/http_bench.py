@@ -32,8 +32,6 @@ from pathlib import Path
 import psycopg
 
 from api.auth import mint_token
-from api.database import with_database
-from api.migrate import migrate
 from bench import BenchmarkFailed, sql_bench
 
 BENCH_DIR = sql_bench.BENCH_DIR
@@ -150,7 +148,7 @@ def main() -> None:
     runs = [MAIN_RUN, ACCESS_LOG_RUN, *([GRANIAN_RUN] if "granian" in versions else [])]
 
     load_before = os.getloadavg()[0]
-    url = fresh_database(sql_bench.server_url())
+    url = sql_bench.fresh_database(sql_bench.server_url(), DATABASE)
     settings = sql_bench.durable_settings(url)
     print(f"http bench: {wrk_version}, {os.cpu_count()} cores, {CONNECTIONS} connections")
     print("  " + ", ".join(f"{name}={value}" for name, value in settings.items()))
@@ -220,16 +218,6 @@ def sql_figures() -> dict:
         print("http bench: no SQL figures to compare with yet; running the SQL suite first")
         sql_bench.main()
     return json.loads(sql_bench.RESULTS_FILE.read_text())
-
-
-def fresh_database(server: str) -> str:
-    """sql_bench.fresh_database for this suite's own database name."""
-    with psycopg.connect(server, autocommit=True) as connection:
-        connection.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
-        connection.execute(f"CREATE DATABASE {DATABASE}")
-    url = with_database(server, DATABASE)
-    migrate(url)
-    return url
 
 
 def server_versions() -> dict[str, str]:

@@ -22,6 +22,7 @@ from bench import BenchmarkFailed
 from bench.sql_bench import BENCH_DIR, BUSY_LOAD, fresh_database, seed, server_url
 
 RESULTS_FILE = BENCH_DIR / "results" / "settlement.json"
+DATABASE = "wallet_bench_settlement"
 DEPOSITS = 1000
 LEAD_SECONDS = 5  # the worker is up and idle before the deposits fall due
 SETTLE_TIMEOUT_SECONDS = 120
@@ -30,7 +31,7 @@ P99_TARGET_MS = 1000
 
 def main() -> None:
     load_before = os.getloadavg()[0]
-    url = fresh_database(server_url())
+    url = fresh_database(server_url(), DATABASE)
     seed(url)
     print(f"settlement bench: {DEPOSITS} deposits due in the same second, one worker")
     print(f"  load average before the run: {load_before:.2f}")

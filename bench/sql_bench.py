@@ -137,11 +137,12 @@ def pgbench_path() -> str:
     return found
 
 
-def fresh_database(server: str) -> str:
+def fresh_database(server: str, database: str = DATABASE) -> str:
+    """A new, migrated database; each suite has its own, so one never drops another's."""
     with psycopg.connect(server, autocommit=True) as connection:
-        connection.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
-        connection.execute(f"CREATE DATABASE {DATABASE}")
-    url = with_database(server, DATABASE)
+        connection.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+        connection.execute(f"CREATE DATABASE {database}")
+    url = with_database(server, database)
     migrate(url)
     return url
 
