@@ -80,6 +80,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_config=None,  # the app configures JSON logging itself
         access_log=False,
         timeout_graceful_shutdown=args.graceful_seconds,
+        timeout_keep_alive=settings.http_keep_alive_seconds,
     )
     return 0
 

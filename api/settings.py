@@ -32,6 +32,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     pool_acquire_timeout_seconds: float
     statement_cache_size: int
     max_body_bytes: int
+    http_keep_alive_seconds: int
     log_level: str
 
     @property
@@ -100,6 +101,10 @@ def load_settings() -> Settings:
         pool_acquire_timeout_seconds=_int("WALLET_POOL_ACQUIRE_TIMEOUT_SECONDS", 5, 1, 120),
         statement_cache_size=_int("WALLET_STATEMENT_CACHE_SIZE", 100, 0, 10000),
         max_body_bytes=_int("WALLET_MAX_BODY_BYTES", 65536, 1024, 10 * 1024 * 1024),
+        # Longer than the idle timeout of the clients and proxies in front (httpx 5 s, load
+        # balancers 60 s): the side that closes an idle connection first must be the client, or a
+        # request sent as the server closes is lost to a connection reset.
+        http_keep_alive_seconds=_int("WALLET_HTTP_KEEP_ALIVE_SECONDS", 75, 1, 3600),
         log_level=_choice("WALLET_LOG_LEVEL", "INFO", LOG_LEVELS),
     )
 

@@ -32,6 +32,7 @@ def environment(monkeypatch):
         ("WALLET_JWT_SECRET", "too-short"),
         ("WALLET_JWT_LEEWAY_SECONDS", "-1"),
         ("WALLET_MAX_BODY_BYTES", "1"),
+        ("WALLET_HTTP_KEEP_ALIVE_SECONDS", "0"),
         ("WALLET_LOG_LEVEL", "chatty"),
     ],
 )
