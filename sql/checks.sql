@@ -6,7 +6,6 @@
 CREATE OR REPLACE FUNCTION wallet.check_metadata(p_metadata jsonb)
 RETURNS void
 LANGUAGE plpgsql IMMUTABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF jsonb_typeof(p_metadata) IS DISTINCT FROM 'object' THEN
@@ -23,7 +22,6 @@ $$;
 CREATE OR REPLACE FUNCTION wallet.check_movement_request(p_amount bigint, p_reference text, p_metadata jsonb)
 RETURNS void
 LANGUAGE plpgsql IMMUTABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF p_amount IS NULL OR p_amount NOT BETWEEN 1 AND 1000000000000000 THEN

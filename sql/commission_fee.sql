@@ -5,8 +5,8 @@
 -- amount * rate_bps can reach 10^19, past bigint, so the product is split:
 -- amount = 10000 * whole + rest, and only rest * rate_bps (< 10^8) is ever rounded.
 -- max_fee NULL means no cap. Pure integer arithmetic: no numeric, no floats.
--- PL/pgSQL rather than SQL here and in the other small helpers: a SQL function with its
--- own search_path is planned again on every call, a PL/pgSQL one once per session.
+-- PL/pgSQL rather than SQL here and in the other small helpers: PL/pgSQL plans its
+-- statements once per session.
 CREATE OR REPLACE FUNCTION wallet.commission_fee(
     p_amount   bigint,
     p_rate_bps integer,
@@ -15,7 +15,6 @@ CREATE OR REPLACE FUNCTION wallet.commission_fee(
     p_max_fee  bigint
 ) RETURNS bigint
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     RETURN greatest(
@@ -28,5 +27,5 @@ BEGIN
 END
 $$;
 
-REVOKE ALL ON FUNCTION wallet.commission_fee(bigint, integer, bigint, bigint, bigint) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION wallet.commission_fee(bigint, integer, bigint, bigint, bigint) TO wallet_app, wallet_auditor;
+-- Internal (see sql/posting.sql): the ledger's functions call it; nobody else may.
+REVOKE ALL ON FUNCTION wallet.commission_fee(bigint, integer, bigint, bigint, bigint) FROM PUBLIC, wallet_app, wallet_auditor;

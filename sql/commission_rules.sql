@@ -7,8 +7,6 @@
 CREATE OR REPLACE FUNCTION wallet.compute_fee(p_operation text, p_owner_id text, p_amount bigint)
 RETURNS bigint
 LANGUAGE plpgsql STABLE
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_rule wallet.commission_rules;
@@ -119,11 +117,11 @@ AS $$
     ORDER BY id DESC
 $$;
 
-REVOKE ALL ON FUNCTION wallet.compute_fee(text, text, bigint) FROM PUBLIC;
+-- Internal (see sql/posting.sql).
+REVOKE ALL ON FUNCTION wallet.compute_fee(text, text, bigint) FROM PUBLIC, wallet_app, wallet_auditor;
 REVOKE ALL ON FUNCTION wallet.set_commission_rule(text, text, text, integer, bigint, bigint, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION wallet.commission_rules_in_force() FROM PUBLIC;
 REVOKE ALL ON FUNCTION wallet.commission_rule_history(text, text) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION wallet.compute_fee(text, text, bigint) TO wallet_app, wallet_auditor;
 GRANT EXECUTE ON FUNCTION wallet.set_commission_rule(text, text, text, integer, bigint, bigint, bigint) TO wallet_app;
 GRANT EXECUTE ON FUNCTION wallet.commission_rules_in_force() TO wallet_app, wallet_auditor;
 GRANT EXECUTE ON FUNCTION wallet.commission_rule_history(text, text) TO wallet_app, wallet_auditor;

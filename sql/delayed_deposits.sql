@@ -56,7 +56,6 @@ $$;
 CREATE OR REPLACE FUNCTION wallet.settlement_blocker(p_transaction wallet.transactions)
 RETURNS text
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_wallet wallet.wallets;
@@ -78,7 +77,6 @@ $$;
 CREATE OR REPLACE FUNCTION wallet.post_scheduled_deposit(p_transaction wallet.transactions)
 RETURNS void
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_net_amount    bigint := p_transaction.amount - p_transaction.fee;

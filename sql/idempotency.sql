@@ -20,7 +20,6 @@ CREATE OR REPLACE FUNCTION wallet.claim_idempotency_key(
     p_response    jsonb DEFAULT NULL
 ) RETURNS jsonb
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_stored wallet.idempotency_keys;
@@ -69,7 +68,6 @@ CREATE OR REPLACE FUNCTION wallet.record_idempotent_response(
     p_response  jsonb
 ) RETURNS void
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF p_key IS NOT NULL THEN

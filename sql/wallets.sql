@@ -9,7 +9,6 @@
 CREATE OR REPLACE FUNCTION wallet.to_wallet_result(p_wallet wallet.wallets, p_replayed boolean)
 RETURNS wallet.wallet_result
 LANGUAGE plpgsql IMMUTABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     RETURN ROW(p_wallet.id, p_wallet.owner_id, p_wallet.currency, p_wallet.status,
@@ -22,7 +21,6 @@ $$;
 CREATE OR REPLACE FUNCTION wallet.replayed_wallet(p_response jsonb)
 RETURNS wallet.wallet_result
 LANGUAGE plpgsql IMMUTABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     RETURN jsonb_populate_record(NULL::wallet.wallet_result, p_response || '{"replayed": true}');
@@ -128,7 +126,6 @@ CREATE OR REPLACE FUNCTION wallet.change_wallet_status(
     p_status           text
 ) RETURNS wallet.wallet_result
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_operation text := CASE p_status WHEN 'frozen' THEN 'freeze_wallet'

@@ -326,40 +326,73 @@ def test_public_may_execute_no_function_in_schema_wallet(db):
     assert scalar(db, "SELECT has_schema_privilege('public', 'wallet', 'USAGE')") is False
 
 
+# Internal helpers: executed by their owner only, from inside a SECURITY DEFINER function
+# whose search_path is pinned, so they do not set it again (sql/posting.sql says why).
+INTERNAL_HELPERS = {
+    "apply_to_wallet",
+    "change_wallet_status",
+    "check_metadata",
+    "check_movement_request",
+    "claim_idempotency_key",
+    "commission_fee",
+    "compute_fee",
+    "find_wallet",
+    "post_scheduled_deposit",
+    "record_idempotent_response",
+    "replayed_transaction",
+    "replayed_wallet",
+    "settlement_blocker",
+    "to_transaction_result",
+    "to_wallet_result",
+    "uuid_v7",
+}
+
+
+def _executable_by_others(db) -> list[dict]:
+    """Every wallet function with whether a role other than its owner may execute it."""
+    return rows(
+        db,
+        "SELECT p.proname AS name, p.prosecdef AS security_definer, p.proconfig,"
+        "       EXISTS (SELECT FROM aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) AS grant_"
+        "               WHERE grant_.grantee <> p.proowner AND grant_.privilege_type = 'EXECUTE')"
+        "         AS shared"
+        " FROM pg_proc AS p WHERE p.pronamespace = 'wallet'::regnamespace",
+    )
+
+
 def test_every_function_wallet_app_may_execute_runs_as_its_definer(db):
     functions = rows(
         db,
-        "SELECT p.proname AS name, p.prosecdef AS security_definer, p.provolatile"
+        "SELECT p.proname AS name, p.prosecdef AS security_definer"
         " FROM pg_proc AS p WHERE p.pronamespace = 'wallet'::regnamespace"
         "   AND has_function_privilege('wallet_app', p.oid, 'EXECUTE')",
     )
+    # wallet_app holds no table privilege, so a function it calls must run as its definer.
     invokers = {f["name"] for f in functions if not f["security_definer"]}
-    # wallet_app holds no table privilege, so a function it calls must run as its definer
-    # to touch the ledger. commission_fee is the one exception: IMMUTABLE arithmetic that
-    # reads no table, so running as the caller costs nothing and keeps it inlinable.
-    pure = {f["name"] for f in functions if f["provolatile"] == "i"}
 
     assert {f["name"] for f in functions} >= {"deposit", "withdraw", "transfer", "open_wallet"}
-    assert invokers - pure == set()
-    assert invokers == {"commission_fee"}
+    assert invokers == set()
 
 
-def test_every_function_in_schema_wallet_pins_its_search_path(db):
-    functions = rows(db, WALLET_FUNCTIONS)
-    unpinned = [
-        f"{f['name']}({f['arguments']})"
+def test_only_internal_helpers_leave_their_search_path_to_the_caller(db):
+    functions = _executable_by_others(db)
+    unpinned = {
+        f["name"]
         for f in functions
         if not any(setting.startswith("search_path=") for setting in f["proconfig"] or [])
-    ]
+    }
+    shared = {f["name"] for f in functions if f["shared"]}
+    definers = {f["name"] for f in functions if f["security_definer"]}
     paths = {
         setting for f in functions for setting in f["proconfig"] or [] if setting.startswith("search_path=")
     }
-
     # Only the two functions that call procrastinate's SQL (which names its tables unqualified)
     # put its schema, public, on the path, and after pg_catalog.
     with_public = {f["name"] for f in functions for setting in f["proconfig"] or [] if "public" in setting}
 
-    assert unpinned == []
+    assert unpinned == INTERNAL_HELPERS
+    assert unpinned & shared == set(), "a helper others may execute must pin its search_path"
+    assert unpinned & definers == set(), "a SECURITY DEFINER function must pin its search_path"
     assert with_public == {"enqueue_settlement", "delete_settlement_job"}
     assert all(path.startswith("search_path=pg_catalog,") for path in paths), paths
     assert all("$user" not in path for path in paths), paths
