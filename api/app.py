@@ -44,6 +44,12 @@ async def _init_connection(connection: asyncpg.Connection) -> None:
     )
 
 
+async def _nothing_to_reset(connection: asyncpg.Connection) -> None:
+    """A released connection holds no session state to undo: handlers make one function call
+    each (no SET, LISTEN, advisory lock or cursor), and asyncpg itself still rolls back an
+    open transaction. Its default reset would cost a round trip per request."""
+
+
 def create_asgi_app() -> RequestLog:
     """What `wallet serve` runs: the app, with JSON logs and request ids around it."""
     settings = load_settings()
@@ -64,6 +70,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             timeout=settings.pool_acquire_timeout_seconds,
             statement_cache_size=settings.statement_cache_size,
             init=_init_connection,
+            reset=_nothing_to_reset,
         ) as pool:
             app.state.pool = pool
             POOL_COLLECTOR.pool = pool
