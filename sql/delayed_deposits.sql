@@ -50,11 +50,16 @@ AS $$
 $$;
 
 -- wallet.settlement_blocker: why the due deposit p_transaction (its row locked by the
--- caller) cannot be posted now, or NULL when it can: the wallet is frozen or closed, or
--- the credit would take it past 10^18.
+-- caller) cannot be posted now, as the SQLSTATE a settlement attempt raises and a reason
+-- for humans; both NULL when it can be posted:
+--   WS409 wallet_not_active: the wallet is frozen or closed;
+--   WL422 balance_limit_exceeded: the credit would take it past 10^18.
 -- Locks: the wallet row (FOR NO KEY UPDATE), held until the caller's transaction ends.
-CREATE OR REPLACE FUNCTION wallet.settlement_blocker(p_transaction wallet.transactions)
-RETURNS text
+CREATE OR REPLACE FUNCTION wallet.settlement_blocker(
+    p_transaction wallet.transactions,
+    OUT errcode   text,
+    OUT reason    text
+)
 LANGUAGE plpgsql
 AS $$
 DECLARE
@@ -62,12 +67,12 @@ DECLARE
 BEGIN
     SELECT * INTO STRICT v_wallet FROM wallet.wallets WHERE id = p_transaction.wallet_id FOR NO KEY UPDATE;
     IF v_wallet.status <> 'active' THEN
-        RETURN format('wallet %s was %s', v_wallet.id, v_wallet.status);
+        errcode := 'WS409';
+        reason  := format('wallet %s was %s', v_wallet.id, v_wallet.status);
+    ELSIF v_wallet.balance + (p_transaction.amount - p_transaction.fee) > 1000000000000000000 THEN
+        errcode := 'WL422';
+        reason  := format('wallet %s would exceed the maximum balance of 10^18', v_wallet.id);
     END IF;
-    IF v_wallet.balance + (p_transaction.amount - p_transaction.fee) > 1000000000000000000 THEN
-        RETURN format('wallet %s would exceed the maximum balance of 10^18', v_wallet.id);
-    END IF;
-    RETURN NULL;
 END
 $$;
 
@@ -120,8 +125,8 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_transaction    wallet.transactions;
-    v_failure_reason text;
+    v_transaction wallet.transactions;
+    v_blocker     record;
 BEGIN
     -- Money is posted durably, whatever the caller's session says (the worker's queue
     -- bookkeeping runs with synchronous_commit off).
@@ -145,12 +150,11 @@ BEGIN
         RETURN 'not_due';
     END IF;
 
-    v_failure_reason := wallet.settlement_blocker(v_transaction);
-    IF v_failure_reason IS NOT NULL THEN
+    v_blocker := wallet.settlement_blocker(v_transaction);
+    IF v_blocker.errcode IS NOT NULL THEN
         IF NOT p_last_attempt THEN
-            RAISE EXCEPTION USING
-                ERRCODE = CASE WHEN v_failure_reason LIKE '%maximum balance%' THEN 'WL422' ELSE 'WS409' END,
-                MESSAGE = v_failure_reason || '; settlement will be retried',
+            RAISE EXCEPTION USING ERRCODE = v_blocker.errcode,
+                MESSAGE = v_blocker.reason || '; settlement will be retried',
                 DETAIL = format('deposit %s', p_transaction_id);
         END IF;
         UPDATE wallet.wallets
@@ -158,7 +162,7 @@ BEGIN
         WHERE id = v_transaction.wallet_id;
         UPDATE wallet.transactions
         SET status = 'failed',
-            failure_reason = v_failure_reason || ' at every settlement attempt',
+            failure_reason = v_blocker.reason || ' at every settlement attempt',
             history_seq = nextval('wallet.history_seq')
         WHERE id = p_transaction_id;
         RETURN 'failed';
@@ -195,7 +199,7 @@ BEGIN
         LIMIT least(p_limit, 1000)
         FOR UPDATE SKIP LOCKED
     LOOP
-        IF wallet.settlement_blocker(v_transaction) IS NULL THEN
+        IF (wallet.settlement_blocker(v_transaction)).errcode IS NULL THEN
             PERFORM wallet.post_scheduled_deposit(v_transaction);
             v_posted := v_posted + 1;
         END IF;
