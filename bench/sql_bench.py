@@ -48,6 +48,7 @@ class Scenario:
 
 SCENARIOS = (
     Scenario("a", "ceiling: bare UPDATE", "a_ceiling.sql", None),
+    Scenario("a1", "hot row: bare UPDATE, one row", "a1_hot_row.sql", None),
     Scenario("b", "transfer, fee, random wallets", "b_transfer.sql", 0.4),
     Scenario("c", "deposit, one hot wallet", "c_hot_deposit.sql", 0.25),
     Scenario("d", "withdrawal, one hot wallet", "d_hot_withdraw.sql", None),
