@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -18,7 +19,7 @@ from api.auth import TokenVerifier, authorize, provide_principal
 from api.database import database_url
 from api.errors import EXCEPTION_HANDLERS
 from api.logs import RequestLog, configure_logging
-from api.metrics import POOL_COLLECTOR
+from api.metrics import report_pool
 from api.movements import MovementController
 from api.plumbing import provide_idempotency, provide_pool, strict_body
 from api.probes import healthz, readyz
@@ -73,11 +74,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
             reset=_nothing_to_reset,
         ) as pool:
             app.state.pool = pool
-            POOL_COLLECTOR.pool = pool
+            reporter = asyncio.create_task(report_pool(pool))
             try:
                 yield
             finally:
-                POOL_COLLECTOR.pool = None
+                reporter.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reporter
 
     class MetricsController(PrometheusController):
         path = "/metrics"

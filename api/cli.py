@@ -8,9 +8,11 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -70,18 +72,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # re-raises the signal; a requested stop is a clean exit, so it lands here as exit 0.
     for stop_signal in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop_signal, _exit_cleanly)
-    uvicorn.run(
-        "api.app:create_asgi_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_level=settings.log_level.lower(),
-        log_config=None,  # the app configures JSON logging itself
-        access_log=False,
-        timeout_graceful_shutdown=args.graceful_seconds,
-        timeout_keep_alive=settings.http_keep_alive_seconds,
-    )
+    metrics_dir = None
+    if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        # Each process counts what it serves in files here; /metrics, answered by any one of
+        # them, sums them all (Litestar's Prometheus controller reads this variable).
+        metrics_dir = tempfile.mkdtemp(prefix="wallet-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        uvicorn.run(
+            "api.app:create_asgi_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level=settings.log_level.lower(),
+            log_config=None,  # the app configures JSON logging itself
+            access_log=False,
+            timeout_graceful_shutdown=args.graceful_seconds,
+            timeout_keep_alive=settings.http_keep_alive_seconds,
+        )
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+import os
 from typing import Any
 
 import asyncpg
-from prometheus_client import REGISTRY, Counter
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
+from prometheus_client import Counter, Gauge, multiprocess
 
 from api.errors import LEDGER_ERRORS
 
@@ -33,22 +32,26 @@ async def move_money(kind: str, pool: asyncpg.Pool, query: str, *args: Any) -> a
     return record
 
 
-class PoolCollector(Collector):
-    """Connections of the asyncpg pool, read at scrape time."""
-
-    def __init__(self) -> None:
-        self.pool: asyncpg.Pool | None = None
-
-    def collect(self) -> Iterable[GaugeMetricFamily]:
-        if self.pool is None:
-            return
-        size, idle = self.pool.get_size(), self.pool.get_idle_size()
-        gauge = GaugeMetricFamily("wallet_db_pool_connections", "Database pool connections", labels=["state"])
-        gauge.add_metric(["in_use"], size - idle)
-        gauge.add_metric(["idle"], idle)
-        gauge.add_metric(["max"], self.pool.get_max_size())
-        yield gauge
+POOL_CONNECTIONS = Gauge(
+    "wallet_db_pool_connections",
+    "Database pool connections by state, summed over the server's processes",
+    ["state"],
+    multiprocess_mode="livesum",
+)
+POOL_REPORT_SECONDS = 1.0
 
 
-POOL_COLLECTOR = PoolCollector()
-REGISTRY.register(POOL_COLLECTOR)
+async def report_pool(pool: asyncpg.Pool) -> None:
+    """Keep the pool gauges current, every POOL_REPORT_SECONDS; a task of the app's lifespan.
+    Gauges set by each process (rather than read at scrape time) are what a scrape sums when
+    `wallet serve --workers N` runs several processes."""
+    try:
+        while True:
+            size, idle = pool.get_size(), pool.get_idle_size()
+            POOL_CONNECTIONS.labels("in_use").set(size - idle)
+            POOL_CONNECTIONS.labels("idle").set(idle)
+            POOL_CONNECTIONS.labels("max").set(pool.get_max_size())
+            await asyncio.sleep(POOL_REPORT_SECONDS)
+    finally:
+        if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+            multiprocess.mark_process_dead(os.getpid())  # this process's gauges leave the sum
