@@ -23,6 +23,7 @@ import psycopg
 import pytest
 
 from tests.api.conftest import TokenFactory, running_server
+from tests.money import expected_balances, reference_fee
 
 # A deliberately busy workload that still fits a test run: 24 clients for 4 seconds.
 CLIENTS = 24
@@ -43,13 +44,6 @@ RULES: dict[str, dict[str, Any]] = {
 }
 # A zero cap, not a null one: these tests are about races, not about the fee formula.
 NO_FEE = {"rate_bps": 0, "fixed": 0, "min_fee": 0, "max_fee": 0}
-
-
-def reference_fee(rule: dict[str, Any], amount: int) -> int:
-    """SPEC 5: clamp(fixed + round_half_up(amount * rate_bps / 10000), min_fee, max_fee)."""
-    fee = rule["fixed"] + (amount * rule["rate_bps"] + 5_000) // 10_000
-    fee = max(fee, rule["min_fee"])
-    return fee if rule["max_fee"] is None else min(fee, rule["max_fee"])
 
 
 @pytest.fixture
@@ -153,17 +147,7 @@ class Bank:
         assert known == transaction, ("one transaction id, two bodies", known, transaction)
 
     def expected_balances(self) -> dict[str, int]:
-        balances = dict.fromkeys(self.wallet_ids, 0)
-        for transaction in self.acknowledged.values():
-            amount, fee = transaction["amount"], transaction["fee"]
-            if transaction["kind"] == "deposit":
-                balances[transaction["wallet_id"]] += amount - fee
-            elif transaction["kind"] == "withdrawal":
-                balances[transaction["wallet_id"]] -= amount + fee
-            else:
-                balances[transaction["from_wallet_id"]] -= amount + fee
-                balances[transaction["to_wallet_id"]] += amount
-        return balances
+        return expected_balances(self.wallet_ids, self.acknowledged.values())
 
     def totals(self, kind: str) -> tuple[int, int]:
         """Sum of amounts and of fees of the acknowledged transactions of one kind."""
@@ -193,7 +177,7 @@ def check_acknowledgement(
     assert transaction["kind"] == kind, transaction
     assert transaction["status"] == "posted", transaction
     assert transaction["amount"] == amount, (amount, transaction)
-    assert transaction["fee"] == reference_fee(RULES[kind], amount), (RULES[kind], transaction)
+    assert transaction["fee"] == reference_fee(amount, **RULES[kind]), (RULES[kind], transaction)
     assert {name: transaction[name] for name in wallets} == wallets, (wallets, transaction)
 
 
@@ -419,7 +403,7 @@ async def test_concurrent_replays_over_http_move_money_once(
         for response in responses
         if response is not first[0]
     )
-    fee = reference_fee(RULES["transfer"], amount)
+    fee = reference_fee(amount, **RULES["transfer"])
     assert bodies[0]["fee"] == fee, bodies[0]
 
     balances = [

@@ -29,6 +29,7 @@ import pytest
 from api.auth import SCOPES, mint_token
 from tests.api.conftest import JWT_SECRET
 from tests.jobs.conftest import Workers
+from tests.money import expected_balances, reference_fee
 
 if TYPE_CHECKING:
     from tests.cluster.conftest import Replicas
@@ -53,13 +54,6 @@ TERMINATE_CLIENT_BACKENDS = (
     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
     " WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
 )
-
-
-def reference_fee(rule: dict[str, Any], amount: int) -> int:
-    """SPEC 5: clamp(fixed + round_half_up(amount * rate_bps / 10000), min_fee, max_fee)."""
-    fee = rule["fixed"] + (amount * rule["rate_bps"] + 5_000) // 10_000
-    fee = max(fee, rule["min_fee"])
-    return fee if rule["max_fee"] is None else min(fee, rule["max_fee"])
 
 
 @dataclass
@@ -108,17 +102,7 @@ class Ledger:
             self.unexpected.append(f"one id, two bodies: {known} {transaction}")
 
     def expected_balances(self) -> dict[str, int]:
-        balances = dict.fromkeys(self.wallet_ids, 0)
-        for transaction in self.acknowledged.values():
-            amount, fee = transaction["amount"], transaction["fee"]
-            if transaction["kind"] == "deposit":
-                balances[transaction["wallet_id"]] += amount - fee
-            elif transaction["kind"] == "withdrawal":
-                balances[transaction["wallet_id"]] -= amount + fee
-            else:
-                balances[transaction["from_wallet_id"]] -= amount + fee
-                balances[transaction["to_wallet_id"]] += amount
-        return balances
+        return expected_balances(self.wallet_ids, self.acknowledged.values())
 
 
 def check_acknowledgement(request: Request, transaction: dict[str, Any]) -> str:
@@ -126,7 +110,7 @@ def check_acknowledgement(request: Request, transaction: dict[str, Any]) -> str:
     expected = {
         "kind": request.kind,
         "amount": request.body["amount"],
-        "fee": reference_fee(RULES[request.kind], request.body["amount"]),
+        "fee": reference_fee(request.body["amount"], **RULES[request.kind]),
     }
     if request.kind == "transfer":
         expected |= {name: request.body[name] for name in ("from_wallet_id", "to_wallet_id")}

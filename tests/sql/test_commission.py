@@ -19,14 +19,9 @@ from ledger_helpers import (
     withdraw,
 )
 
+from tests.money import reference_fee
+
 # --- the formula --------------------------------------------------------------------------
-
-
-def reference_fee(amount: int, rate_bps: int, fixed: int, min_fee: int, max_fee: int | None):
-    """SPEC 5: clamp(fixed + round_half_up(amount * rate_bps / 10000), min_fee, max_fee)."""
-    proportional = (amount * rate_bps + 5000) // 10000  # half up, for non-negative values
-    fee = max(fixed + proportional, min_fee)
-    return fee if max_fee is None else min(fee, max_fee)
 
 
 def sql_fees(db, cases) -> list[int | None]:
