@@ -18,7 +18,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from api import auth
 from api.auth import SCOPES, mint_token
+from api.settings import load_settings
 from tests.api.conftest import JWT_SECRET, running_server
 from tests.api.helpers import (
     assert_problem,
@@ -177,6 +179,32 @@ def test_bad_credentials_are_401_with_www_authenticate_and_change_nothing(
 def test_a_token_expired_within_the_leeway_is_still_accepted(api_url, token):
     with httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {token(ttl_seconds=-5)}"}) as http:
         assert http.get("/v1/commission-rules").status_code == 200
+
+
+def test_a_token_accepted_before_is_refused_once_it_expires(database_url, token):
+    # The server remembers tokens it has verified; what it remembers must expire with them.
+    with running_server(database_url, WALLET_JWT_LEEWAY_SECONDS="0") as base_url:
+        expiring = token(ttl_seconds=2)
+        expires_at = jwt.decode(expiring, options={"verify_signature": False})["exp"]
+        with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {expiring}"}) as http:
+            first, again = http.get("/v1/commission-rules"), http.get("/v1/commission-rules")
+            time.sleep(max(expires_at - time.time(), 0) + 0.2)
+            expired = http.get("/v1/commission-rules")
+
+    assert (first.status_code, again.status_code) == (200, 200)
+    assert_unauthenticated(expired)
+
+
+def test_the_memory_of_verified_tokens_is_bounded(monkeypatch):
+    monkeypatch.setattr(auth, "MAX_VERIFIED_TOKENS", 3)
+    monkeypatch.setenv("WALLET_JWT_SECRET", JWT_SECRET)
+    verifier = auth.TokenVerifier(load_settings())
+    tokens = [mint_token(JWT_SECRET, sub=f"client-{n}", scopes=[]) for n in range(5)]
+
+    subjects = [verifier.verify(token).sub for token in tokens + tokens]
+
+    assert subjects == [f"client-{n}" for n in range(5)] * 2
+    assert len(verifier._verified) == 3
 
 
 def test_an_unsigned_token_is_refused_even_with_a_valid_signature_appended(api_url):
