@@ -15,13 +15,13 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 
-from api.auth import TokenVerifier, authorize, provide_principal
+from api.auth import TokenVerifier, authorize
 from api.database import database_url
 from api.errors import EXCEPTION_HANDLERS
 from api.logs import RequestLog, configure_logging
 from api.metrics import report_pool
 from api.movements import MovementController
-from api.plumbing import provide_idempotency, provide_pool, strict_body
+from api.plumbing import provide_caller, provide_write, strict_body
 from api.probes import healthz, readyz
 from api.settings import Settings, load_settings
 from api.transactions import CommissionController, LedgerController, TransactionController
@@ -100,9 +100,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             MetricsController,
         ],
         dependencies={
-            "pool": Provide(provide_pool),
-            "principal": Provide(provide_principal, sync_to_thread=False),
-            "idempotency": Provide(provide_idempotency),
+            "caller": Provide(provide_caller, sync_to_thread=False),
+            "write": Provide(provide_write),
         },
         before_request=strict_body,
         exception_handlers=EXCEPTION_HANDLERS,

@@ -113,10 +113,6 @@ async def authorize(connection: ASGIConnection, route_handler: BaseRouteHandler)
     connection.scope["user"] = principal
 
 
-def provide_principal(request: ASGIConnection) -> Principal:
-    return request.scope["user"]
-
-
 def mint_token(
     secret: str,
     *,

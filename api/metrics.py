@@ -10,6 +10,7 @@ import asyncpg
 from prometheus_client import Counter, Gauge, multiprocess
 
 from api.errors import LEDGER_ERRORS
+from api.plumbing import Write
 
 MOVEMENTS = Counter(
     "wallet_money_movements",
@@ -18,10 +19,11 @@ MOVEMENTS = Counter(
 )
 
 
-async def move_money(kind: str, pool: asyncpg.Pool, query: str, *args: Any) -> asyncpg.Record:
-    """Run one money-movement function and count its outcome: posted, replayed or the error code."""
+async def move_money(kind: str, write: Write, query: str, *args: Any) -> asyncpg.Record:
+    """Run one money-movement function and count its outcome: posted, replayed or the error code.
+    The query's first four parameters are write.ledger_args, then args."""
     try:
-        record = await pool.fetchrow(query, *args)
+        record = await write.caller.pool.fetchrow(query, *write.ledger_args, *args)
     except asyncpg.PostgresError as error:
         MOVEMENTS.labels(kind, LEDGER_ERRORS.get(error.sqlstate or "", (0, "error"))[1]).inc()
         raise

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from uuid import UUID
 
-import asyncpg
 from litestar import Controller, Response, post
 
-from api.auth import Principal
 from api.errors import problem_responses
 from api.metrics import move_money
-from api.plumbing import Idempotency, created
+from api.plumbing import Write, created
 from api.schemas import DepositRequest, Transaction, TransferRequest, WithdrawalRequest, from_record
 
 MOVEMENT_409 = "wallet_not_active, idempotency_key_reused"
@@ -32,23 +30,12 @@ class MovementController(Controller):
         operation_id="deposit",
         responses=problem_responses(404, 409, 413, 422, codes=DEPOSIT_CODES),
     )
-    async def deposit(
-        self,
-        wallet_id: UUID,
-        data: DepositRequest,
-        principal: Principal,
-        idempotency: Idempotency,
-        pool: asyncpg.Pool,
-    ) -> Response[Transaction]:
+    async def deposit(self, wallet_id: UUID, data: DepositRequest, write: Write) -> Response[Transaction]:
         """Deposit into a wallet: it is credited amount - fee, now or at available_at."""
         record = await move_money(
             "deposit",
-            pool,
+            write,
             "SELECT * FROM wallet.deposit($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            principal.sub,
-            idempotency.key,
-            idempotency.fingerprint,
-            principal.owner_id,
             wallet_id,
             data.amount,
             data.reference,
@@ -63,23 +50,12 @@ class MovementController(Controller):
         operation_id="withdraw",
         responses=problem_responses(404, 409, 413, 422, codes=WITHDRAWAL_CODES),
     )
-    async def withdraw(
-        self,
-        wallet_id: UUID,
-        data: WithdrawalRequest,
-        principal: Principal,
-        idempotency: Idempotency,
-        pool: asyncpg.Pool,
-    ) -> Response[Transaction]:
+    async def withdraw(self, wallet_id: UUID, data: WithdrawalRequest, write: Write) -> Response[Transaction]:
         """Withdraw from a wallet: it is debited amount + fee."""
         record = await move_money(
             "withdrawal",
-            pool,
+            write,
             "SELECT * FROM wallet.withdraw($1, $2, $3, $4, $5, $6, $7, $8)",
-            principal.sub,
-            idempotency.key,
-            idempotency.fingerprint,
-            principal.owner_id,
             wallet_id,
             data.amount,
             data.reference,
@@ -93,22 +69,12 @@ class MovementController(Controller):
         operation_id="transfer",
         responses=problem_responses(404, 409, 413, 422, codes=TRANSFER_CODES),
     )
-    async def transfer(
-        self,
-        data: TransferRequest,
-        principal: Principal,
-        idempotency: Idempotency,
-        pool: asyncpg.Pool,
-    ) -> Response[Transaction]:
+    async def transfer(self, data: TransferRequest, write: Write) -> Response[Transaction]:
         """Transfer between wallets: the sender pays amount + fee, the receiver gets amount."""
         record = await move_money(
             "transfer",
-            pool,
+            write,
             "SELECT * FROM wallet.transfer($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            principal.sub,
-            idempotency.key,
-            idempotency.fingerprint,
-            principal.owner_id,
             data.from_wallet_id,
             data.to_wallet_id,
             data.amount,

@@ -6,6 +6,7 @@ import asyncio
 
 import asyncpg
 from litestar import get
+from litestar.datastructures import State
 
 from api.errors import ApiError
 
@@ -19,11 +20,11 @@ def healthz() -> dict[str, str]:
 
 
 @get("/readyz", operation_id="readyz", tags=["probes"])
-async def readyz(pool: asyncpg.Pool) -> dict[str, str]:
+async def readyz(state: State) -> dict[str, str]:
     """The database answers a round trip."""
     try:
         async with asyncio.timeout(READY_TIMEOUT_SECONDS):
-            await pool.fetchval("SELECT 1")
+            await state.pool.fetchval("SELECT 1")
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
         raise ApiError(503, "unavailable", "the database does not answer") from None
     return {"status": "ready"}

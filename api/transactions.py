@@ -5,14 +5,12 @@ from __future__ import annotations
 from typing import Annotated
 from uuid import UUID
 
-import asyncpg
 from litestar import Controller, Response, get, post, put
 from litestar.params import Parameter
 
-from api.auth import Principal
 from api.errors import problem_responses
 from api.metrics import move_money
-from api.plumbing import Idempotency, ok
+from api.plumbing import Caller, Write, ok
 from api.schemas import (
     CommissionRule,
     CommissionRuleRequest,
@@ -35,12 +33,10 @@ class TransactionController(Controller):
         operation_id="getTransaction",
         responses=problem_responses(404),
     )
-    async def get_transaction(
-        self, transaction_id: UUID, principal: Principal, pool: asyncpg.Pool
-    ) -> Transaction:
+    async def get_transaction(self, transaction_id: UUID, caller: Caller) -> Transaction:
         """Read a transaction (either side of a transfer may read it)."""
-        record = await pool.fetchrow(
-            "SELECT * FROM wallet.get_transaction($1, $2)", principal.owner_id, transaction_id
+        record = await caller.pool.fetchrow(
+            "SELECT * FROM wallet.get_transaction($1, $2)", caller.owner_id, transaction_id
         )
         return from_record(Transaction, record)
 
@@ -53,19 +49,10 @@ class TransactionController(Controller):
             404, 409, codes={409: "transaction_not_cancelable, idempotency_key_reused"}
         ),
     )
-    async def cancel(
-        self, transaction_id: UUID, principal: Principal, idempotency: Idempotency, pool: asyncpg.Pool
-    ) -> Response[Transaction]:
+    async def cancel(self, transaction_id: UUID, write: Write) -> Response[Transaction]:
         """Cancel a scheduled deposit before it settles; its pending amount is released."""
         record = await move_money(
-            "cancel",
-            pool,
-            "SELECT * FROM wallet.cancel_deposit($1, $2, $3, $4, $5)",
-            principal.sub,
-            idempotency.key,
-            idempotency.fingerprint,
-            principal.owner_id,
-            transaction_id,
+            "cancel", write, "SELECT * FROM wallet.cancel_deposit($1, $2, $3, $4, $5)", transaction_id
         )
         return ok(from_record(Transaction, record), record)
 
@@ -80,9 +67,9 @@ class CommissionController(Controller):
         operation_id="listCommissionRules",
         responses=problem_responses(),
     )
-    async def list_rules(self, pool: asyncpg.Pool) -> CommissionRules:
+    async def list_rules(self, caller: Caller) -> CommissionRules:
         """The rules in force: per operation a default and per-owner overrides."""
-        records = await pool.fetch("SELECT * FROM wallet.commission_rules_in_force()")
+        records = await caller.pool.fetch("SELECT * FROM wallet.commission_rules_in_force()")
         return CommissionRules(items=[from_record(CommissionRule, record) for record in records])
 
     @put(
@@ -95,13 +82,12 @@ class CommissionController(Controller):
         self,
         operation: Annotated[Operation, Parameter(description="deposit, withdrawal or transfer")],
         data: CommissionRuleRequest,
-        principal: Principal,
-        pool: asyncpg.Pool,
+        caller: Caller,
     ) -> CommissionRule:
         """Put a rule in force for operations created from now on; the old rule stays in history."""
-        record = await pool.fetchrow(
+        record = await caller.pool.fetchrow(
             "SELECT * FROM wallet.set_commission_rule($1, $2, $3, $4, $5, $6, $7)",
-            principal.sub,
+            caller.sub,
             operation,
             data.owner_id,
             data.rate_bps,
@@ -117,8 +103,8 @@ class LedgerController(Controller):
     tags = ("ledger",)
 
     @get("/verify", opt={"scope": "ledger:audit"}, operation_id="verifyLedger", responses=problem_responses())
-    async def verify(self, pool: asyncpg.Pool) -> LedgerReport:
+    async def verify(self, caller: Caller) -> LedgerReport:
         """Check the whole ledger; ok is true when no check finds a violation."""
-        records = await pool.fetch("SELECT check_name, detail FROM wallet.verify_ledger()")
+        records = await caller.pool.fetch("SELECT check_name, detail FROM wallet.verify_ledger()")
         violations = [from_record(Violation, record) for record in records]
         return LedgerReport(ok=not violations, violations=violations)

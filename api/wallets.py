@@ -6,13 +6,11 @@ from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
-import asyncpg
 from litestar import Controller, Response, get, post
 from litestar.params import Parameter
 
-from api.auth import Principal
 from api.errors import ApiError, problem_responses
-from api.plumbing import Idempotency, created, decode_cursor, encode_cursor, ok
+from api.plumbing import Caller, Write, created, decode_cursor, encode_cursor, ok
 from api.schemas import (
     PAGE_LIMIT_DEFAULT,
     PAGE_LIMIT_MAX,
@@ -42,18 +40,16 @@ class WalletController(Controller):
     async def open_wallet(
         self,
         data: OpenWalletRequest,
-        principal: Principal,
-        idempotency: Idempotency,
-        pool: asyncpg.Pool,
+        write: Write,
     ) -> Response[Wallet]:
         """Open a wallet for an owner."""
-        if principal.owner_id is not None and data.owner_id != principal.owner_id:
+        if write.caller.owner_id is not None and data.owner_id != write.caller.owner_id:
             raise ApiError(403, "forbidden", "this token opens wallets for its own owner_id only")
-        record = await pool.fetchrow(
+        record = await write.caller.pool.fetchrow(
             "SELECT * FROM wallet.open_wallet($1, $2, $3, $4, $5, $6)",
-            principal.sub,
-            idempotency.key,
-            idempotency.fingerprint,
+            write.caller.sub,
+            write.key,
+            write.fingerprint,
             data.owner_id,
             data.currency,
             data.metadata,
@@ -66,26 +62,27 @@ class WalletController(Controller):
         operation_id="getWallet",
         responses=problem_responses(404),
     )
-    async def get_wallet(self, wallet_id: UUID, principal: Principal, pool: asyncpg.Pool) -> Wallet:
+    async def get_wallet(self, wallet_id: UUID, caller: Caller) -> Wallet:
         """Read a wallet."""
-        record = await pool.fetchrow("SELECT * FROM wallet.get_wallet($1, $2)", principal.owner_id, wallet_id)
+        record = await caller.pool.fetchrow(
+            "SELECT * FROM wallet.get_wallet($1, $2)", caller.owner_id, wallet_id
+        )
         return from_record(Wallet, record)
 
     @get("/", opt={"scope": "wallets:read"}, operation_id="listWallets", responses=problem_responses())
     async def list_wallets(
         self,
-        principal: Principal,
-        pool: asyncpg.Pool,
+        caller: Caller,
         owner_id: Annotated[str | None, Parameter(min_length=1, max_length=255)] = None,
         limit: Limit = PAGE_LIMIT_DEFAULT,
         cursor: Cursor = None,
     ) -> WalletPage:
         """List wallets, oldest first; an owner's token sees its own wallets only."""
-        if principal.owner_id is not None:
-            if owner_id not in (None, principal.owner_id):
+        if caller.owner_id is not None:
+            if owner_id not in (None, caller.owner_id):
                 return WalletPage(items=[], next_cursor=None)
-            owner_id = principal.owner_id
-        records = await pool.fetch(
+            owner_id = caller.owner_id
+        records = await caller.pool.fetch(
             "SELECT * FROM wallet.list_wallets($1, $2, $3)",
             owner_id,
             limit + 1,
@@ -102,11 +99,9 @@ class WalletController(Controller):
         status_code=200,
         responses=problem_responses(404, 409, codes={409: "wallet_not_active, idempotency_key_reused"}),
     )
-    async def freeze(
-        self, wallet_id: UUID, principal: Principal, idempotency: Idempotency, pool: asyncpg.Pool
-    ) -> Response[Wallet]:
+    async def freeze(self, wallet_id: UUID, write: Write) -> Response[Wallet]:
         """Freeze a wallet: no money moves in or out until it is unfrozen."""
-        return await _change_status("freeze_wallet", wallet_id, principal, idempotency, pool)
+        return await _change_status("freeze_wallet", wallet_id, write)
 
     @post(
         "/{wallet_id:str}/unfreeze",
@@ -115,11 +110,9 @@ class WalletController(Controller):
         status_code=200,
         responses=problem_responses(404, 409, codes={409: "wallet_not_active, idempotency_key_reused"}),
     )
-    async def unfreeze(
-        self, wallet_id: UUID, principal: Principal, idempotency: Idempotency, pool: asyncpg.Pool
-    ) -> Response[Wallet]:
+    async def unfreeze(self, wallet_id: UUID, write: Write) -> Response[Wallet]:
         """Unfreeze a frozen wallet."""
-        return await _change_status("unfreeze_wallet", wallet_id, principal, idempotency, pool)
+        return await _change_status("unfreeze_wallet", wallet_id, write)
 
     @post(
         "/{wallet_id:str}/close",
@@ -128,11 +121,9 @@ class WalletController(Controller):
         status_code=200,
         responses=problem_responses(404, 409, codes={409: "wallet_not_empty, idempotency_key_reused"}),
     )
-    async def close(
-        self, wallet_id: UUID, principal: Principal, idempotency: Idempotency, pool: asyncpg.Pool
-    ) -> Response[Wallet]:
+    async def close(self, wallet_id: UUID, write: Write) -> Response[Wallet]:
         """Close an empty wallet, for good."""
-        return await _change_status("close_wallet", wallet_id, principal, idempotency, pool)
+        return await _change_status("close_wallet", wallet_id, write)
 
     @get(
         "/{wallet_id:str}/transactions",
@@ -143,8 +134,7 @@ class WalletController(Controller):
     async def history(
         self,
         wallet_id: UUID,
-        principal: Principal,
-        pool: asyncpg.Pool,
+        caller: Caller,
         limit: Limit = PAGE_LIMIT_DEFAULT,
         cursor: Cursor = None,
         kind: Literal["deposit", "withdrawal", "transfer"] | None = None,
@@ -154,9 +144,9 @@ class WalletController(Controller):
         """A wallet's history, newest first; posted amounts sum to the balance."""
         if any(moment is not None and moment.tzinfo is None for moment in (since, until)):
             raise ApiError(400, "invalid_request", "since and until need a UTC offset (RFC 3339)")
-        records = await pool.fetch(
+        records = await caller.pool.fetch(
             "SELECT * FROM wallet.wallet_history($1, $2, $3, $4, $5, $6, $7)",
-            principal.owner_id,
+            caller.owner_id,
             wallet_id,
             limit + 1,
             decode_cursor(cursor, int),
@@ -169,19 +159,8 @@ class WalletController(Controller):
         return HistoryPage(items=items, next_cursor=next_cursor)
 
 
-async def _change_status(
-    function: str,
-    wallet_id: UUID,
-    principal: Principal,
-    idempotency: Idempotency,
-    pool: asyncpg.Pool,
-) -> Response[Wallet]:
-    record = await pool.fetchrow(
-        f"SELECT * FROM wallet.{function}($1, $2, $3, $4, $5)",
-        principal.sub,
-        idempotency.key,
-        idempotency.fingerprint,
-        principal.owner_id,
-        wallet_id,
+async def _change_status(function: str, wallet_id: UUID, write: Write) -> Response[Wallet]:
+    record = await write.caller.pool.fetchrow(
+        f"SELECT * FROM wallet.{function}($1, $2, $3, $4, $5)", *write.ledger_args, wallet_id
     )
     return ok(from_record(Wallet, record), record)
