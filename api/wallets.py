@@ -37,11 +37,7 @@ class WalletController(Controller):
         responses=problem_responses(409, 413, codes={409: "idempotency_key_reused"}),
         status_code=201,
     )
-    async def open_wallet(
-        self,
-        data: OpenWalletRequest,
-        write: Write,
-    ) -> Response[Wallet]:
+    async def open_wallet(self, data: OpenWalletRequest, write: Write) -> Response[Wallet]:
         """Open a wallet for an owner."""
         if write.caller.owner_id is not None and data.owner_id != write.caller.owner_id:
             raise ApiError(403, "forbidden", "this token opens wallets for its own owner_id only")

@@ -5,7 +5,7 @@
 -- and wallet-status helpers, and the settlement steps) may be executed by their owner only:
 -- they run inside a SECURITY DEFINER function whose search_path is already pinned, so they
 -- do not set it again. Each SET search_path costs PostgreSQL two search-path recomputations
--- per call; on every helper of a transfer that was a sixth of its CPU.
+-- per call; on every helper of a transfer that was about an eighth of its CPU.
 
 -- wallet.apply_to_wallet: add p_net_amount to one wallet's balance (and p_pending_change
 -- to its pending, for a settling deposit) and return the balance after. The caller then
