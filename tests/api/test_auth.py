@@ -184,7 +184,7 @@ def test_a_token_expired_within_the_leeway_is_still_accepted(api_url, token):
 def test_a_token_accepted_before_is_refused_once_it_expires(database_url, token):
     # The server remembers tokens it has verified; what it remembers must expire with them.
     with running_server(database_url, WALLET_JWT_LEEWAY_SECONDS="0") as base_url:
-        expiring = token(ttl_seconds=2)
+        expiring = token(ttl_seconds=3)
         expires_at = jwt.decode(expiring, options={"verify_signature": False})["exp"]
         with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {expiring}"}) as http:
             first, again = http.get("/v1/commission-rules"), http.get("/v1/commission-rules")

@@ -22,30 +22,36 @@ def sample(text: str, name_and_labels: str) -> float | None:
     return None if match is None else float(match.group(1))
 
 
-def scrape_counts(base_url: str, token: str) -> list[float | None]:
-    """REQUESTS rule reads, then SCRAPES scrapes, each on a new connection (so the kernel spreads
-    them over the server's processes); the request count each scrape reports."""
+def scrape(base_url: str) -> float | None:
+    """The rule reads one scrape counts, on a new connection (so the kernel spreads scrapes over
+    the server's processes)."""
+    with httpx.Client(base_url=base_url) as scraper:
+        return sample(scraper.get("/metrics").text, RULES_ROUTE)
+
+
+def scrape_counts(base_url: str, token: str, expected: float) -> list[float | None]:
+    """REQUESTS rule reads, then SCRAPES scrapes: the request count each of them reports."""
     with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {token}"}) as http:
         for _ in range(REQUESTS):
             assert http.get("/v1/commission-rules").status_code == 200
-    counts = []
-    for _ in range(SCRAPES):
-        with httpx.Client(base_url=base_url) as scraper:
-            counts.append(sample(scraper.get("/metrics").text, RULES_ROUTE))
-    return counts
+    # A request is counted just after its response is sent: give the last one that moment.
+    deadline = time.monotonic() + 10
+    while scrape(base_url) != expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return [scrape(base_url) for _ in range(SCRAPES)]
 
 
 def test_every_scrape_of_a_one_process_server_counts_every_request(api_url, token):
-    before = sample(httpx.get(f"{api_url}/metrics").text, RULES_ROUTE) or 0
+    before = scrape(api_url) or 0
 
-    counts = scrape_counts(api_url, token())
+    counts = scrape_counts(api_url, token(), before + REQUESTS)
 
     assert counts == [before + REQUESTS] * SCRAPES
 
 
 def test_every_scrape_of_a_many_process_server_counts_every_request(database_url, token):
     with running_server(database_url, workers=3) as base_url:
-        counts = scrape_counts(base_url, token())
+        counts = scrape_counts(base_url, token(), REQUESTS)
 
     assert counts == [float(REQUESTS)] * SCRAPES
 
@@ -53,8 +59,13 @@ def test_every_scrape_of_a_many_process_server_counts_every_request(database_url
 def test_pool_gauges_sum_the_pools_of_every_process(database_url):
     pool = {"WALLET_POOL_MIN_SIZE": "2", "WALLET_POOL_MAX_SIZE": "7"}
     with running_server(database_url, workers=2, **pool) as base_url:
-        time.sleep(1.5)  # the gauges are refreshed every second
-        text = httpx.get(f"{base_url}/metrics").text
+        # Until both processes have started and reported (each refreshes its gauges every second).
+        deadline = time.monotonic() + 30
+        while True:
+            text = httpx.get(f"{base_url}/metrics").text
+            if sample(text, 'wallet_db_pool_connections{state="max"}') == 14 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
 
     assert sample(text, 'wallet_db_pool_connections{state="max"}') == 14
     assert sample(text, 'wallet_db_pool_connections{state="in_use"}') == 0
