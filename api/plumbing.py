@@ -22,7 +22,8 @@ IDEMPOTENCY_KEY = re.compile(r"^[\x20-\x7e]{1,255}$")
 
 class Caller:
     """This request's way into the ledger: the pool, and who calls (the token's sub, and the
-    owner it is limited to, or None for a service token). Read-only handlers take a Caller."""
+    owner it is limited to, or None for a service token). Handlers without an Idempotency-Key
+    (the reads, and PUT of a commission rule) take a Caller."""
 
     __slots__ = ("owner_id", "pool", "sub")
 
