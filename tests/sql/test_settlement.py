@@ -7,7 +7,16 @@ import time
 import uuid
 
 import psycopg
-from ledger_helpers import MAX_AMOUNT, change_status, funded_wallet, new_wallet, one, raises_sqlstate, scalar
+from ledger_helpers import (
+    MAX_AMOUNT,
+    change_status,
+    funded_wallet,
+    new_wallet,
+    one,
+    raises_sqlstate,
+    rows,
+    scalar,
+)
 
 MAX_BALANCE = 10**18
 # The nearest a deposit may be scheduled: within a second of now it is an instant deposit.
@@ -61,7 +70,7 @@ def test_settle_deposit_posts_once_and_only_when_due(db):
     assert (early, before) == ("not_due", ("scheduled", False, 1_000, 5_000))
     assert (first, second) == ("posted", "posted")
     assert state(db, deposit_id) == ("posted", False, 6_000, 0)
-    assert scalar(db, "SELECT count(*) FROM wallet.verify_ledger()") == 0
+    assert rows(db, "SELECT * FROM wallet.verify_ledger()") == []
 
 
 def test_a_frozen_wallet_raises_wallet_not_active_until_the_last_attempt(db):
@@ -79,7 +88,7 @@ def test_a_frozen_wallet_raises_wallet_not_active_until_the_last_attempt(db):
     assert retried == ("scheduled", False, 0, 5_000)
     assert (last, state(db, deposit_id)) == ("failed", ("failed", True, 0, 0))
     assert settle(db, deposit_id) == "failed"
-    assert scalar(db, "SELECT count(*) FROM wallet.verify_ledger()") == 0
+    assert rows(db, "SELECT * FROM wallet.verify_ledger()") == []
 
 
 def test_a_credit_past_the_maximum_balance_raises_balance_limit_exceeded(db):
@@ -104,4 +113,4 @@ def test_a_credit_past_the_maximum_balance_raises_balance_limit_exceeded(db):
     assert filled == MAX_BALANCE // MAX_AMOUNT
     assert retried == ("scheduled", False, MAX_BALANCE, 1)
     assert (last, state(db, deposit_id)) == ("failed", ("failed", True, MAX_BALANCE, 0))
-    assert scalar(db, "SELECT count(*) FROM wallet.verify_ledger()") == 0
+    assert rows(db, "SELECT * FROM wallet.verify_ledger()") == []
