@@ -1,0 +1,81 @@
+-- The settlement jobs of delayed deposits (see sql/delayed_deposits.sql): enqueue, delete,
+-- reconcile. The only ledger code that touches procrastinate's queue.
+--
+-- The settlement job lives in procrastinate's queue (schema public) and is enqueued in
+-- the same database transaction as the deposit: no deposit without its job, no job
+-- without its deposit. Its queueing_lock ('settle-deposit:<id>') allows one waiting job
+-- per deposit. No procrastinate `lock` is used: a job scheduled for the future would
+-- block every later job with the same lock until its time.
+
+-- wallet.enqueue_settlement: the procrastinate job that settles p_transaction_id at p_at.
+-- Returns the job id. procrastinate's functions name their tables unqualified, so this
+-- one (and wallet.delete_settlement_job) put its schema, public, on the search path,
+-- after pg_catalog.
+CREATE OR REPLACE FUNCTION wallet.enqueue_settlement(p_transaction_id uuid, p_at timestamptz)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, public, pg_temp
+AS $$
+BEGIN
+    RETURN (public.procrastinate_defer_jobs_v1(ARRAY[
+        ROW('deposits',
+            'wallet:settle_deposit',
+            0,
+            NULL,
+            'settle-deposit:' || p_transaction_id,
+            jsonb_build_object('transaction_id', p_transaction_id),
+            p_at)::public.procrastinate_job_to_defer_v1
+    ]))[1];
+END
+$$;
+
+-- wallet.delete_settlement_job: delete the waiting settlement job of p_transaction_id, if any.
+CREATE OR REPLACE FUNCTION wallet.delete_settlement_job(p_transaction_id uuid)
+RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, public, pg_temp
+AS $$
+    SELECT public.procrastinate_cancel_job_v1(id, false, true)
+    FROM public.procrastinate_jobs
+    WHERE queueing_lock = 'settle-deposit:' || p_transaction_id AND status = 'todo'
+$$;
+
+-- wallet.reconcile_scheduled_deposits: re-enqueue the settlement of every scheduled
+-- deposit due for longer than p_grace that has no live job (its job was deleted, failed
+-- on transient errors past its retries, or never ran). Returns how many were enqueued.
+-- A stalled 'doing' job is procrastinate's to retry (see jobs/tasks.py); a duplicate
+-- delivery would be harmless anyway, settle_deposit being idempotent.
+-- Locks: nothing beyond the inserted job rows.
+CREATE OR REPLACE FUNCTION wallet.reconcile_scheduled_deposits(p_grace interval DEFAULT interval '30 seconds')
+RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_transaction_id uuid;
+    v_enqueued       integer := 0;
+BEGIN
+    FOR v_transaction_id IN
+        SELECT t.id
+        FROM wallet.transactions AS t
+        WHERE t.status = 'scheduled'
+          AND t.available_at < now() - p_grace
+          AND NOT EXISTS (
+              SELECT FROM public.procrastinate_jobs AS j
+              WHERE j.queueing_lock = 'settle-deposit:' || t.id
+                AND j.status IN ('todo', 'doing'))
+        ORDER BY t.available_at
+        LIMIT 1000
+    LOOP
+        PERFORM wallet.enqueue_settlement(v_transaction_id, now());
+        v_enqueued := v_enqueued + 1;
+    END LOOP;
+    RETURN v_enqueued;
+END
+$$;
+
+REVOKE ALL ON FUNCTION wallet.enqueue_settlement(uuid, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION wallet.delete_settlement_job(uuid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION wallet.reconcile_scheduled_deposits(interval) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION wallet.reconcile_scheduled_deposits(interval) TO wallet_app;
