@@ -10,7 +10,7 @@
 -- row and the second sees the first's outcome. Movements lock only wallet rows, so the
 -- order transaction -> wallet can never form a cycle.
 --
--- Settlement jobs are enqueued, deleted and reconciled by sql/settlement_jobs.sql. and reconciled by sql/settlement_jobs.sql.
+-- Settlement jobs are enqueued, deleted and reconciled by sql/settlement_jobs.sql.
 
 -- wallet.settlement_blocker: why the due deposit p_transaction (its row locked by the
 -- caller) cannot be posted now, as the SQLSTATE a settlement attempt raises and a reason
