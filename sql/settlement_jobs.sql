@@ -1,30 +1,32 @@
 -- The settlement jobs of delayed deposits (see sql/delayed_deposits.sql): enqueue, delete,
 -- reconcile. The only ledger code that touches procrastinate's queue.
 --
--- The settlement job lives in procrastinate's queue (schema public) and is enqueued in
--- the same database transaction as the deposit: no deposit without its job, no job
--- without its deposit. Its queueing_lock ('settle-deposit:<id>') allows one waiting job
+-- The settlement job lives in procrastinate's queue (schema procrastinate, which only the
+-- ledger's owner may write) and is enqueued in the same database transaction as the
+-- deposit: no deposit without its job, no job without its deposit. Its queueing_lock ('settle-deposit:<id>') allows one waiting job
 -- per deposit. No procrastinate `lock` is used: a job scheduled for the future would
 -- block every later job with the same lock until its time.
 
 -- wallet.enqueue_settlement: the procrastinate job that settles p_transaction_id at p_at.
--- Returns the job id. procrastinate's functions name their tables unqualified, so this
--- one (and wallet.delete_settlement_job) put its schema, public, on the search path,
--- after pg_catalog.
+-- Returns the job id. procrastinate's functions (and its triggers) name their tables
+-- unqualified, so this one and wallet.delete_settlement_job put its schema on the search
+-- path, after pg_catalog. Never public: these run as the ledger's owner, and wherever
+-- others may create objects in public, a planted operator or overload there would run
+-- as the owner too (tests/sql/test_privileges.py).
 CREATE OR REPLACE FUNCTION wallet.enqueue_settlement(p_transaction_id uuid, p_at timestamptz)
 RETURNS bigint
 LANGUAGE plpgsql
-SET search_path = pg_catalog, public, pg_temp
+SET search_path = pg_catalog, procrastinate, pg_temp
 AS $$
 BEGIN
-    RETURN (public.procrastinate_defer_jobs_v1(ARRAY[
+    RETURN (procrastinate.procrastinate_defer_jobs_v1(ARRAY[
         ROW('deposits',
             'wallet:settle_deposit',
             0,
             NULL,
             'settle-deposit:' || p_transaction_id,
             jsonb_build_object('transaction_id', p_transaction_id),
-            p_at)::public.procrastinate_job_to_defer_v1
+            p_at)::procrastinate.procrastinate_job_to_defer_v1
     ]))[1];
 END
 $$;
@@ -33,10 +35,10 @@ $$;
 CREATE OR REPLACE FUNCTION wallet.delete_settlement_job(p_transaction_id uuid)
 RETURNS void
 LANGUAGE sql
-SET search_path = pg_catalog, public, pg_temp
+SET search_path = pg_catalog, procrastinate, pg_temp
 AS $$
-    SELECT public.procrastinate_cancel_job_v1(id, false, true)
-    FROM public.procrastinate_jobs
+    SELECT procrastinate.procrastinate_cancel_job_v1(id, false, true)
+    FROM procrastinate.procrastinate_jobs
     WHERE queueing_lock = 'settle-deposit:' || p_transaction_id AND status = 'todo'
 $$;
 
@@ -62,7 +64,7 @@ BEGIN
         WHERE t.status = 'scheduled'
           AND t.available_at < now() - p_grace
           AND NOT EXISTS (
-              SELECT FROM public.procrastinate_jobs AS j
+              SELECT FROM procrastinate.procrastinate_jobs AS j
               WHERE j.queueing_lock = 'settle-deposit:' || t.id
                 AND j.status IN ('todo', 'doing'))
         ORDER BY t.available_at

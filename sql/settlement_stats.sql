@@ -34,7 +34,7 @@ AS $$
         -- Finishing a job counts an attempt, so a first-time success has attempts = 1.
         SELECT count(*) FILTER (WHERE attempts > 1 OR (attempts = 1 AND status IN ('todo', 'doing'))) AS retried,
                count(*) FILTER (WHERE status IN ('todo', 'doing')) AS depth
-        FROM public.procrastinate_jobs
+        FROM procrastinate.procrastinate_jobs
         WHERE task_name = 'wallet:settle_deposit'
     )
     SELECT count(*) FILTER (WHERE status = 'posted'),

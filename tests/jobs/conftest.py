@@ -157,7 +157,9 @@ class Workers:
         return worker
 
     def _newest_worker_id(self) -> int:
-        row = self._connection.execute("SELECT coalesce(max(id), 0) FROM procrastinate_workers").fetchone()
+        row = self._connection.execute(
+            "SELECT coalesce(max(id), 0) FROM procrastinate.procrastinate_workers"
+        ).fetchone()
         return row[0]
 
     def wait_until(

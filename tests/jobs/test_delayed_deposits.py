@@ -58,7 +58,7 @@ def wallet_legs(db: psycopg.Connection, transaction_id: Any) -> list[dict[str, A
 def settle_jobs(db: psycopg.Connection, transaction_id: Any) -> list[dict[str, Any]]:
     return rows(
         db,
-        "SELECT id, status::text, attempts, scheduled_at FROM procrastinate_jobs"
+        "SELECT id, status::text, attempts, scheduled_at FROM procrastinate.procrastinate_jobs"
         " WHERE queueing_lock = %s ORDER BY id",
         f"settle-deposit:{transaction_id}",
     )

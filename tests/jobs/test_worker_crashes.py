@@ -109,7 +109,9 @@ def settle_job_workers(db: psycopg.Connection) -> set[int]:
     return {
         row["worker_id"]
         for row in rows(
-            db, "SELECT DISTINCT worker_id FROM procrastinate_jobs WHERE task_name = %s", SETTLE_TASK
+            db,
+            "SELECT DISTINCT worker_id FROM procrastinate.procrastinate_jobs WHERE task_name = %s",
+            SETTLE_TASK,
         )
     }
 
@@ -125,7 +127,9 @@ def test_sigkill_mid_settlement_then_restart_settles_each_deposit_exactly_once(d
     killed_at = time.monotonic()
     posted_at_kill = count_posted(db)
     left_doing = scalar(
-        db, "SELECT count(*) FROM procrastinate_jobs WHERE task_name = %s AND status = 'doing'", SETTLE_TASK
+        db,
+        "SELECT count(*) FROM procrastinate.procrastinate_jobs WHERE task_name = %s AND status = 'doing'",
+        SETTLE_TASK,
     )
 
     assert 0 < posted_at_kill < DEPOSITS, f"the kill did not land mid-settlement: {posted_at_kill} posted"
@@ -158,7 +162,7 @@ def test_two_workers_at_once_settle_each_deposit_exactly_once(db, workers, sweep
         lambda: (
             scalar(
                 db,
-                "SELECT count(*) FROM procrastinate_jobs"
+                "SELECT count(*) FROM procrastinate.procrastinate_jobs"
                 " WHERE task_name = %s AND status IN ('todo', 'doing')",
                 SETTLE_TASK,
             )
@@ -176,8 +180,10 @@ def test_a_deleted_settlement_job_is_replaced_by_the_reconciler(db, workers, dep
     workers.start()
     deposit = deposit_at(wallet_id, 4_000, db_now(db) + LEAD)
     lock = f"settle-deposit:{deposit['id']}"
+    # procrastinate's delete trigger names its tables unqualified: search its schema, as the worker does.
+    db.execute("SET search_path = procrastinate")
     deleted = db.execute(
-        "DELETE FROM procrastinate_jobs WHERE queueing_lock = %s RETURNING id", (lock,)
+        "DELETE FROM procrastinate.procrastinate_jobs WHERE queueing_lock = %s RETURNING id", (lock,)
     ).fetchall()
     assert len(deleted) == 1
 
@@ -187,7 +193,9 @@ def test_a_deleted_settlement_job_is_replaced_by_the_reconciler(db, workers, dep
         what="deposit without a job posted by the reconciler",
     )
 
-    [job] = rows(db, "SELECT id, status::text FROM procrastinate_jobs WHERE queueing_lock = %s", lock)
+    [job] = rows(
+        db, "SELECT id, status::text FROM procrastinate.procrastinate_jobs WHERE queueing_lock = %s", lock
+    )
     assert job["id"] > deleted[0][0] and job["status"] == "succeeded"
     wallet = get_wallet(db, wallet_id)
     assert (wallet["balance"], wallet["pending"]) == (4_000, 0)
@@ -206,7 +214,7 @@ def test_sigterm_stops_a_busy_worker_cleanly_and_the_next_one_settles_the_rest(d
     assert code == 0, worker.log_tail()
     assert seconds < 5, f"SIGTERM took {seconds:.1f} s"
     # Graceful: running jobs were finished, none abandoned as 'doing' for the stalled-job sweep.
-    doing = scalar(db, "SELECT count(*) FROM procrastinate_jobs WHERE status = 'doing'")
+    doing = scalar(db, "SELECT count(*) FROM procrastinate.procrastinate_jobs WHERE status = 'doing'")
     assert doing == 0
     assert count_scheduled(db) > 0, "the worker settled everything before SIGTERM: nothing left to prove"
     # Well within the 30 s after which stalled jobs would be retried: nothing waits for that.
@@ -223,7 +231,7 @@ def periodic_jobs_succeeded_after(db: psycopg.Connection, after_id: int) -> dict
     periodic task has one."""
     found = rows(
         db,
-        "SELECT task_name, max(id) AS id FROM procrastinate_jobs"
+        "SELECT task_name, max(id) AS id FROM procrastinate.procrastinate_jobs"
         " WHERE task_name = ANY(%s) AND id > %s AND status = 'succeeded' GROUP BY task_name",
         list(PERIODIC_TASKS),
         after_id,
@@ -238,9 +246,9 @@ def test_periodic_tasks_keep_firing_after_a_worker_is_killed_and_replaced(db, wo
         lambda: periodic_jobs_succeeded_after(db, 0), timeout=PERIODIC_SECONDS, what="first periodic jobs"
     )
     worker.kill()
-    newest_id = scalar(db, "SELECT max(id) FROM procrastinate_jobs")
+    newest_id = scalar(db, "SELECT max(id) FROM procrastinate.procrastinate_jobs")
     # What the killed worker leaves behind, and a new deferrer has to live with.
-    assert scalar(db, "SELECT count(*) FROM procrastinate_periodic_defers") > 0
+    assert scalar(db, "SELECT count(*) FROM procrastinate.procrastinate_periodic_defers") > 0
 
     replacement = workers.restart(worker)
 
@@ -251,13 +259,14 @@ def test_periodic_tasks_keep_firing_after_a_worker_is_killed_and_replaced(db, wo
     )
     ran_on = rows(
         db,
-        "SELECT DISTINCT worker_id FROM procrastinate_jobs WHERE id = ANY(%s)",
+        "SELECT DISTINCT worker_id FROM procrastinate.procrastinate_jobs WHERE id = ANY(%s)",
         list(after_restart.values()),
     )
     assert ran_on == [{"worker_id": replacement.worker_id}]
     failed = rows(
         db,
-        "SELECT id, task_name FROM procrastinate_jobs WHERE task_name = ANY(%s) AND status = 'failed'",
+        "SELECT id, task_name FROM procrastinate.procrastinate_jobs"
+        " WHERE task_name = ANY(%s) AND status = 'failed'",
         list(PERIODIC_TASKS),
     )
     assert failed == []
