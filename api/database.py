@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 DEFAULT_DATA_DIR = ".wallet"
 
@@ -52,3 +52,11 @@ def with_database(url: str, database: str) -> str:
     """The same server, another database."""
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
+
+
+def with_user(url: str, user: str, password: str | None = None) -> str:
+    """The same server and database, another login."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    credentials = quote(user, safe="") + ("" if password is None else ":" + quote(password, safe=""))
+    return urlunsplit((parts.scheme, f"{credentials}@{host}", parts.path, parts.query, parts.fragment))

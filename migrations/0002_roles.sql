@@ -1,21 +1,23 @@
 -- Roles for those who use the ledger (SPEC 8). Both are NOLOGIN: operators grant them
 -- to login roles. Roles belong to the cluster, not the database, so another database
 -- may have created them already (or be creating them right now).
+-- An owner without CREATEROLE (see sql/bootstrap/roles.sql) migrates once they exist:
+-- CREATE ROLE checks that privilege before it looks for a duplicate, so pg_roles is
+-- looked at first, and CREATE ROLE is attempted only for a role that is missing.
 -- depends: 0001_ledger_schema
 
 DO $$
+DECLARE
+    v_role text;
 BEGIN
-    CREATE ROLE wallet_app NOLOGIN;
-EXCEPTION WHEN duplicate_object OR unique_violation THEN
-    NULL;
-END
-$$;
-
-DO $$
-BEGIN
-    CREATE ROLE wallet_auditor NOLOGIN;
-EXCEPTION WHEN duplicate_object OR unique_violation THEN
-    NULL;
+    FOREACH v_role IN ARRAY ARRAY['wallet_app', 'wallet_auditor'] LOOP
+        CONTINUE WHEN EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = v_role);
+        BEGIN
+            EXECUTE format('CREATE ROLE %I NOLOGIN', v_role);
+        EXCEPTION WHEN duplicate_object OR unique_violation THEN
+            NULL;  -- created meanwhile by another database's migration
+        END;
+    END LOOP;
 END
 $$;
 

@@ -5,6 +5,12 @@ PostgreSQL when a Docker engine answers; else an embedded PostgreSQL (pgserver) 
 temporary folder. One database is migrated once per session as a template, and every
 test gets its own clone of it (CREATE DATABASE ... TEMPLATE), so tests are isolated and
 fast.
+
+The template is migrated as production should be: sql/bootstrap/roles.sql run by the
+superuser, then `wallet migrate` connected as wallet_owner, a login that is neither
+superuser nor CREATEROLE and owns the database. So every test runs on a schema that such
+an owner could build (tests/test_migrate.py checks it did). The `db` fixture stays a
+superuser connection: some tests tamper with the ledger on purpose.
 """
 
 from __future__ import annotations
@@ -21,9 +27,20 @@ from pathlib import Path
 import asyncpg
 import psycopg
 import pytest
+from psycopg import sql
 
-from api.database import normalize_url, with_database
+from api.database import normalize_url, with_database, with_user
 from api.migrate import migrate
+
+ROOT = Path(__file__).resolve().parents[1]
+BOOTSTRAP_ROLES = ROOT / "sql" / "bootstrap" / "roles.sql"
+OWNER_ROLE = "wallet_owner"
+# Servers that ask for a password (testcontainers) get this one for the owner. It is set
+# only on a role without a password, so a real one on a shared server is never replaced.
+OWNER_TEST_PASSWORD = "wallet-test-owner"
+# Test sessions sharing one server (WALLET_TEST_DATABASE_URL) set the password in turn,
+# under the lock that sql/bootstrap/roles.sql takes.
+ROLES_LOCK_KEY = int.from_bytes(b"walletro")
 
 
 def _docker_answers() -> bool:
@@ -80,13 +97,36 @@ def postgres_url() -> Iterator[str]:
         yield url
 
 
+def bootstrap_roles(url: str) -> None:
+    """sql/bootstrap/roles.sql as its operator runs it, plus the owner's test password."""
+    with psycopg.connect(url, autocommit=True) as connection:
+        connection.execute(BOOTSTRAP_ROLES.read_text())
+        with connection.transaction():
+            connection.execute("SELECT pg_advisory_xact_lock(%s)", (ROLES_LOCK_KEY,))
+            if connection.execute(
+                "SELECT rolpassword IS NULL FROM pg_authid WHERE rolname = %s", (OWNER_ROLE,)
+            ).fetchone()[0]:
+                connection.execute(
+                    sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                        sql.Identifier(OWNER_ROLE), sql.Literal(OWNER_TEST_PASSWORD)
+                    )
+                )
+
+
 @pytest.fixture(scope="session")
-def template_database(postgres_url: str) -> Iterator[str]:
-    """The name of a database with every migration and sql/ applied."""
+def owner_url(postgres_url: str) -> str:
+    """The server's maintenance database, logged in as the ledger's least-privileged owner."""
+    bootstrap_roles(postgres_url)
+    return with_user(postgres_url, OWNER_ROLE, OWNER_TEST_PASSWORD)
+
+
+@pytest.fixture(scope="session")
+def template_database(postgres_url: str, owner_url: str) -> Iterator[str]:
+    """The name of a database with every migration and sql/ applied by the owner."""
     name = f"wallet_template_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(postgres_url, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
-    migrate(with_database(postgres_url, name))
+        connection.execute(f'CREATE DATABASE "{name}" OWNER {OWNER_ROLE}')
+    migrate(with_database(owner_url, name))
     yield name
     with psycopg.connect(postgres_url, autocommit=True) as connection:
         connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -97,7 +137,7 @@ def database_url(postgres_url: str, template_database: str) -> Iterator[str]:
     """A fresh, migrated database of this test's own."""
     name = f"wallet_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(postgres_url, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
+        connection.execute(f'CREATE DATABASE "{name}" OWNER {OWNER_ROLE} TEMPLATE "{template_database}"')
     yield with_database(postgres_url, name)
     with psycopg.connect(postgres_url, autocommit=True) as connection:
         connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
