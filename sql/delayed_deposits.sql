@@ -41,26 +41,48 @@ $$;
 
 -- wallet.post_scheduled_deposit: post the due deposit p_transaction, whose row and wallet
 -- row the caller has locked and checked (wallet.settlement_blocker): balance += net,
--- pending -= net, the entries, status posted.
+-- pending -= net, the chain link, the entries, status posted.
 CREATE OR REPLACE FUNCTION wallet.post_scheduled_deposit(p_transaction wallet.transactions)
 RETURNS void
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    v_net_amount    bigint := p_transaction.amount - p_transaction.fee;
-    v_balance_after bigint;
+    v_net_amount bigint := p_transaction.amount - p_transaction.fee;
+    v_after      wallet.wallets;
 BEGIN
     UPDATE wallet.transactions SET status = 'posted', posted_at = now() WHERE id = p_transaction.id;
-    v_balance_after := wallet.apply_to_wallet(p_transaction.wallet_id, v_net_amount,
-                                              p_pending_change => -v_net_amount);
-    INSERT INTO wallet.entries (transaction_id, wallet_id, account, currency, net_amount, balance_before, balance_after)
-    SELECT p_transaction.id, leg.wallet_id, leg.account, p_transaction.currency, leg.net_amount,
-           leg.balance_before, leg.balance_after
-    FROM (VALUES (NULL::uuid, 'world', -p_transaction.amount, NULL::bigint, NULL::bigint),
-                 (NULL, 'revenue', p_transaction.fee, NULL, NULL),
-                 (p_transaction.wallet_id, NULL, v_net_amount, v_balance_after - v_net_amount, v_balance_after))
-         AS leg (wallet_id, account, net_amount, balance_before, balance_after)
+    v_after := wallet.apply_to_wallet(p_transaction.wallet_id, v_net_amount,
+                   wallet.transaction_digest(p_transaction,
+                       wallet.expected_legs('deposit', p_transaction.wallet_id, NULL, NULL,
+                                            p_transaction.amount, p_transaction.fee)),
+                   p_pending_change => -v_net_amount);
+    INSERT INTO wallet.entries (transaction_id, wallet_id, account, currency, kind, net_amount,
+                                balance_before, balance_after, chain_version, chain_hash, created_at)
+    SELECT p_transaction.id, leg.wallet_id, leg.account, p_transaction.currency, 'deposit', leg.net_amount,
+           leg.balance_after - leg.net_amount, leg.balance_after, leg.chain_version, leg.chain_hash, v_after.updated_at
+    FROM (VALUES (NULL::uuid, 'world', -p_transaction.amount, NULL::bigint, NULL::bigint, NULL::bytea),
+                 (NULL, 'revenue', p_transaction.fee, NULL, NULL, NULL),
+                 (p_transaction.wallet_id, NULL, v_net_amount, v_after.balance, v_after.chain_version,
+                  v_after.chain_hash))
+         AS leg (wallet_id, account, net_amount, balance_after, chain_version, chain_hash)
     WHERE leg.net_amount <> 0;
+END
+$$;
+
+-- wallet.fail_scheduled_deposit: the deposit p_transaction (its row and wallet row locked
+-- by the caller) could not settle at any attempt: status failed, pending released.
+CREATE OR REPLACE FUNCTION wallet.fail_scheduled_deposit(p_transaction wallet.transactions, p_reason text)
+RETURNS void
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    PERFORM wallet.append_status_link(p_transaction.wallet_id, 'deposit_failed', p_transaction,
+                                      -(p_transaction.amount - p_transaction.fee), p_require_active => false);
+    UPDATE wallet.transactions
+    SET status = 'failed',
+        failure_reason = p_reason || ' at every settlement attempt',
+        history_seq = nextval('wallet.history_seq')
+    WHERE id = p_transaction.id;
 END
 $$;
 
@@ -71,13 +93,16 @@ $$;
 -- When the deposit cannot be posted (wallet.settlement_blocker): raises WS409 or WL422
 -- so the job retries later; on the last attempt (p_last_attempt) the deposit becomes
 -- 'failed' instead, its pending released, and 'failed' is returned.
--- Then, in the same transaction (also when its own deposit was already posted), it
--- sweeps up to p_sweep_limit other due deposits (wallet.settle_due_deposits): when many
--- fall due at once, the first jobs post them all and the rest find them posted. Each
--- job still guarantees its own deposit.
--- Locks: the transaction row, then the wallet row.
+-- In the same transaction (also when its own deposit was already posted) it posts up to
+-- p_sweep_limit other due deposits that nobody else is settling: when many fall due at
+-- once, the first jobs post them all and the rest find them posted. Each job still
+-- guarantees its own deposit.
+-- Locks: the deposit's row (FOR UPDATE, before any wallet), the swept deposits' rows (SKIP
+-- LOCKED: never waits), then the wallet rows of all of them in wallet id order, its own
+-- deposit's wallet in its place among them. So, like a transfer, it never waits for a
+-- lower wallet id while holding a higher one (tests/sql/test_deadlocks.py).
 -- Raises: WN404 not_found (no such deposit), WS409 wallet_not_active or
---         WL422 balance_limit_exceeded (to be retried).
+--         WL422 balance_limit_exceeded (to be retried), WT500 isolation_level_unsupported.
 CREATE OR REPLACE FUNCTION wallet.settle_deposit(
     p_transaction_id uuid,
     p_last_attempt   boolean DEFAULT false,
@@ -89,8 +114,12 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_transaction wallet.transactions;
+    v_due         wallet.transactions;
     v_blocker     record;
+    v_status      text;
+    v_outcome     text;
 BEGIN
+    PERFORM wallet.require_read_committed();
     -- Money is posted durably, whatever the caller's session says (the worker's queue
     -- bookkeeping runs with synchronous_commit off).
     PERFORM set_config('synchronous_commit', 'on', true);
@@ -112,38 +141,55 @@ BEGIN
     IF v_transaction.available_at > now() THEN
         RETURN 'not_due';
     END IF;
+    -- A wallet seen frozen or closed: retry later, without sweeping for nothing (the sweep
+    -- would roll back with the raise). Read without a lock; the locked check below decides.
+    SELECT status INTO v_status FROM wallet.wallets WHERE id = v_transaction.wallet_id;
+    IF v_status <> 'active' AND NOT p_last_attempt THEN
+        RAISE EXCEPTION USING ERRCODE = 'WS409',
+            MESSAGE = format('wallet %s was %s; settlement will be retried', v_transaction.wallet_id, v_status),
+            DETAIL = format('deposit %s', p_transaction_id);
+    END IF;
 
-    v_blocker := wallet.settlement_blocker(v_transaction);
-    IF v_blocker.errcode IS NOT NULL THEN
-        IF NOT p_last_attempt THEN
-            RAISE EXCEPTION USING ERRCODE = v_blocker.errcode,
-                MESSAGE = v_blocker.reason || '; settlement will be retried',
-                DETAIL = format('deposit %s', p_transaction_id);
+    FOR v_due IN
+        WITH swept AS (
+            SELECT * FROM wallet.transactions
+            WHERE status = 'scheduled' AND available_at <= now() AND id <> p_transaction_id
+            ORDER BY wallet_id, id
+            LIMIT greatest(least(p_sweep_limit, 1000), 0)
+            FOR UPDATE SKIP LOCKED
+        )
+        SELECT * FROM swept
+        UNION ALL
+        SELECT * FROM wallet.transactions WHERE id = p_transaction_id
+        ORDER BY wallet_id, id
+    LOOP
+        v_blocker := wallet.settlement_blocker(v_due);
+        IF v_due.id = p_transaction_id THEN
+            IF v_blocker.errcode IS NULL THEN
+                PERFORM wallet.post_scheduled_deposit(v_due);
+                v_outcome := 'posted';
+            ELSIF p_last_attempt THEN
+                PERFORM wallet.fail_scheduled_deposit(v_due, v_blocker.reason);
+                v_outcome := 'failed';
+            ELSE
+                RAISE EXCEPTION USING ERRCODE = v_blocker.errcode,
+                    MESSAGE = v_blocker.reason || '; settlement will be retried',
+                    DETAIL = format('deposit %s', p_transaction_id);
+            END IF;
+        ELSIF v_blocker.errcode IS NULL THEN
+            PERFORM wallet.post_scheduled_deposit(v_due);
         END IF;
-        UPDATE wallet.wallets
-        SET pending = pending - (v_transaction.amount - v_transaction.fee), updated_at = now()
-        WHERE id = v_transaction.wallet_id;
-        UPDATE wallet.transactions
-        SET status = 'failed',
-            failure_reason = v_blocker.reason || ' at every settlement attempt',
-            history_seq = nextval('wallet.history_seq')
-        WHERE id = p_transaction_id;
-        RETURN 'failed';
-    END IF;
-
-    PERFORM wallet.post_scheduled_deposit(v_transaction);
-    IF p_sweep_limit > 0 THEN
-        PERFORM wallet.settle_due_deposits(p_sweep_limit);
-    END IF;
-    RETURN 'posted';
+    END LOOP;
+    RETURN v_outcome;
 END
 $$;
 
 -- wallet.settle_due_deposits: post up to p_limit due scheduled deposits that nobody else
 -- is settling right now (SKIP LOCKED), leaving any that cannot be posted to their own
 -- jobs. Returns how many it posted.
--- Locks: each deposit row, then its wallet row, in wallet id order (the order transfers
--- lock wallets in), so it never deadlocks with them or with itself.
+-- Locks: the deposit rows (SKIP LOCKED: never waits), then their wallet rows in wallet id
+-- order, the order transfers lock wallets in.
+-- Raises: WT500 isolation_level_unsupported.
 CREATE OR REPLACE FUNCTION wallet.settle_due_deposits(p_limit integer DEFAULT 100)
 RETURNS integer
 LANGUAGE plpgsql
@@ -154,6 +200,7 @@ DECLARE
     v_transaction wallet.transactions;
     v_posted      integer := 0;
 BEGIN
+    PERFORM wallet.require_read_committed();
     PERFORM set_config('synchronous_commit', 'on', true);
     FOR v_transaction IN
         SELECT * FROM wallet.transactions
@@ -173,9 +220,12 @@ $$;
 
 -- wallet.cancel_deposit: cancel a scheduled deposit before it settles; its pending is
 -- released and its settlement job deleted.
+-- Order: find the deposit and check its owner (so a replay never shows another owner's
+-- deposit), claim the idempotency key, then lock and change it.
 -- Locks: the transaction row, then the wallet row.
 -- Raises: WN404 not_found (unknown, or another owner's), WC409 transaction_not_cancelable
---         (not a deposit, or not scheduled any more), WK409 idempotency_key_reused.
+--         (not a deposit, or not scheduled any more), WK409 idempotency_key_reused,
+--         WT500 isolation_level_unsupported.
 CREATE OR REPLACE FUNCTION wallet.cancel_deposit(
     p_caller_id       text,
     p_idempotency_key text,
@@ -191,12 +241,8 @@ DECLARE
     v_transaction wallet.transactions;
     v_replay      jsonb;
 BEGIN
-    v_replay := wallet.claim_idempotency_key(p_caller_id, p_idempotency_key, 'cancel_deposit', p_fingerprint);
-    IF v_replay IS NOT NULL THEN
-        RETURN wallet.replayed_transaction(v_replay);
-    END IF;
-
-    SELECT * INTO v_transaction FROM wallet.transactions WHERE id = p_transaction_id FOR UPDATE;
+    PERFORM wallet.require_read_committed();
+    SELECT * INTO v_transaction FROM wallet.transactions WHERE id = p_transaction_id;
     IF NOT FOUND OR NOT EXISTS (
         SELECT FROM wallet.wallets
         WHERE id IN (v_transaction.wallet_id, v_transaction.from_wallet_id, v_transaction.to_wallet_id)
@@ -205,14 +251,20 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'WN404', MESSAGE = 'transaction not found',
             DETAIL = format('transaction %s', p_transaction_id);
     END IF;
-    IF v_transaction.status <> 'scheduled' THEN
-        RAISE EXCEPTION USING ERRCODE = 'WC409', MESSAGE = 'only a scheduled deposit can be canceled',
-            DETAIL = format('transaction %s is a %s deposit', p_transaction_id, v_transaction.status);
+
+    v_replay := wallet.claim_idempotency_key(p_caller_id, p_idempotency_key, 'cancel_deposit', p_fingerprint);
+    IF v_replay IS NOT NULL THEN
+        RETURN wallet.replayed_transaction(v_replay);
     END IF;
 
-    UPDATE wallet.wallets
-    SET pending = pending - (v_transaction.amount - v_transaction.fee), updated_at = now()
-    WHERE id = v_transaction.wallet_id;
+    SELECT * INTO v_transaction FROM wallet.transactions WHERE id = p_transaction_id FOR UPDATE;
+    IF v_transaction.status <> 'scheduled' THEN
+        RAISE EXCEPTION USING ERRCODE = 'WC409', MESSAGE = 'only a scheduled deposit can be canceled',
+            DETAIL = format('transaction %s is a %s %s', p_transaction_id, v_transaction.status, v_transaction.kind);
+    END IF;
+
+    PERFORM wallet.append_status_link(v_transaction.wallet_id, 'deposit_canceled', v_transaction,
+                                      -(v_transaction.amount - v_transaction.fee), p_require_active => false);
     UPDATE wallet.transactions
     SET status = 'canceled', history_seq = nextval('wallet.history_seq')
     WHERE id = p_transaction_id
@@ -229,6 +281,7 @@ $$;
 
 REVOKE ALL ON FUNCTION wallet.settlement_blocker(wallet.transactions) FROM PUBLIC;
 REVOKE ALL ON FUNCTION wallet.post_scheduled_deposit(wallet.transactions) FROM PUBLIC;
+REVOKE ALL ON FUNCTION wallet.fail_scheduled_deposit(wallet.transactions, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION wallet.settle_deposit(uuid, boolean, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION wallet.settle_due_deposits(integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION wallet.cancel_deposit(text, text, text, text, uuid) FROM PUBLIC;

@@ -7,10 +7,12 @@
 -- Order: validate the request, read the wallet (owner and currency never change, so no
 -- lock), compute the fee, claim the idempotency key, write the transaction and the
 -- scheduled row, and only then lock the wallet: the lock is held for the credit (or the
--- pending change), the entries and the commit.
+-- pending change), the entries (or the chain link) and the commit.
 -- Locks: the wallet row.
--- Raises: WI400 invalid_request, WN404 not_found, WB422 amount_below_fee, WL422 balance_limit_exceeded,
---         WS409 wallet_not_active, WK409 idempotency_key_reused.
+-- Raises: WI400 invalid_request, WN404 not_found, WB422 amount_below_fee,
+--         WL422 balance_limit_exceeded (the balance, or for a scheduled deposit the pending,
+--         would pass 10^18), WS409 wallet_not_active, WK409 idempotency_key_reused,
+--         WT500 isolation_level_unsupported.
 CREATE OR REPLACE FUNCTION wallet.deposit(
     p_caller_id       text,
     p_idempotency_key text,
@@ -31,10 +33,14 @@ DECLARE
     v_transaction wallet.transactions;
     v_replay      jsonb;
     v_net_amount  bigint;
-    v_balance_after bigint;
+    v_after       wallet.wallets;
     v_scheduled   boolean := p_available_at > now() + interval '1 second';
 BEGIN
+    PERFORM wallet.require_read_committed();
     PERFORM wallet.check_movement_request(p_amount, p_reference, coalesce(p_metadata, '{}'));
+    IF NOT isfinite(p_available_at) THEN
+        RAISE EXCEPTION USING ERRCODE = 'WI400', MESSAGE = 'available_at must be a finite time';
+    END IF;
     IF p_available_at > now() + interval '366 days' THEN
         RAISE EXCEPTION USING ERRCODE = 'WI400', MESSAGE = 'available_at must be at most 366 days ahead';
     END IF;
@@ -69,25 +75,25 @@ BEGIN
     END IF;
 
     INSERT INTO wallet.transactions VALUES (v_transaction.*);
+    v_net_amount := p_amount - v_transaction.fee;
     IF v_scheduled THEN
-        UPDATE wallet.wallets SET pending = pending + (p_amount - v_transaction.fee), updated_at = now()
-        WHERE id = p_wallet_id AND status = 'active';
-        IF NOT FOUND THEN
-            RAISE EXCEPTION USING ERRCODE = 'WS409', MESSAGE = 'wallet is not active',
-                DETAIL = format('wallet %s', p_wallet_id);
-        END IF;
+        PERFORM wallet.append_status_link(p_wallet_id, 'deposit_scheduled', v_transaction, v_net_amount,
+                                          p_require_active => true);
         PERFORM wallet.enqueue_settlement(v_transaction.id, p_available_at);
         RETURN wallet.to_transaction_result(v_transaction, false);
     END IF;
 
-    v_net_amount := p_amount - v_transaction.fee;
-    v_balance_after := wallet.apply_to_wallet(p_wallet_id, v_net_amount);
-    INSERT INTO wallet.entries (transaction_id, wallet_id, account, currency, net_amount, balance_before, balance_after)
-    SELECT v_transaction.id, leg.wallet_id, leg.account, v_wallet.currency, leg.net_amount, leg.balance_before, leg.balance_after
-    FROM (VALUES (NULL::uuid, 'world', -p_amount, NULL::bigint, NULL::bigint),
-                 (NULL, 'revenue', v_transaction.fee, NULL, NULL),
-                 (p_wallet_id, NULL, v_net_amount, v_balance_after - v_net_amount, v_balance_after))
-         AS leg (wallet_id, account, net_amount, balance_before, balance_after)
+    v_after := wallet.apply_to_wallet(p_wallet_id, v_net_amount,
+                   wallet.transaction_digest(v_transaction,
+                       wallet.expected_legs('deposit', p_wallet_id, NULL, NULL, p_amount, v_transaction.fee)));
+    INSERT INTO wallet.entries (transaction_id, wallet_id, account, currency, kind, net_amount,
+                                balance_before, balance_after, chain_version, chain_hash, created_at)
+    SELECT v_transaction.id, leg.wallet_id, leg.account, v_wallet.currency, 'deposit', leg.net_amount,
+           leg.balance_after - leg.net_amount, leg.balance_after, leg.chain_version, leg.chain_hash, v_after.updated_at
+    FROM (VALUES (NULL::uuid, 'world', -p_amount, NULL::bigint, NULL::bigint, NULL::bytea),
+                 (NULL, 'revenue', v_transaction.fee, NULL, NULL, NULL),
+                 (p_wallet_id, NULL, v_net_amount, v_after.balance, v_after.chain_version, v_after.chain_hash))
+         AS leg (wallet_id, account, net_amount, balance_after, chain_version, chain_hash)
     WHERE leg.net_amount <> 0;
     RETURN wallet.to_transaction_result(v_transaction, false);
 END

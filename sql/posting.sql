@@ -7,33 +7,71 @@
 -- do not set it again. Each SET search_path costs PostgreSQL two search-path recomputations
 -- per call; on every helper of a transfer that was about an eighth of its CPU.
 
+-- wallet.transaction_kinds: every transaction kind, the one list that queries over all
+-- kinds (an index range per kind) read, as the domain wallet.transaction_kind allows.
+CREATE OR REPLACE FUNCTION wallet.transaction_kinds()
+RETURNS text[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT ARRAY['deposit', 'withdrawal', 'transfer']
+$$;
+
+-- wallet.require_read_committed: the writing functions lock a row and re-check it in one
+-- UPDATE, which READ COMMITTED re-evaluates on the newest row version after a wait. Under
+-- REPEATABLE READ or SERIALIZABLE the same UPDATE fails with a serialization error
+-- whenever another transaction changed the row first (most hot-wallet movements would),
+-- so they refuse to run there at all, with a code that says why.
+-- Raises: WT500 isolation_level_unsupported.
+CREATE OR REPLACE FUNCTION wallet.require_read_committed()
+RETURNS void
+LANGUAGE plpgsql STABLE
+AS $$
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION USING ERRCODE = 'WT500',
+            MESSAGE = format('the ledger functions that write need READ COMMITTED, not %s',
+                             upper(current_setting('transaction_isolation'))),
+            HINT = 'Call them in a READ COMMITTED transaction (PostgreSQL''s default).';
+    END IF;
+END
+$$;
+
 -- wallet.apply_to_wallet: add p_net_amount to one wallet's balance (and p_pending_change
--- to its pending, for a settling deposit) and return the balance after. The caller then
--- writes all the entries of its transaction in one INSERT, with balance_before/after.
+-- to its pending, for a settling deposit), append the posting's link to the wallet's
+-- hash chain (see chain.sql; p_digest is the transaction's digest), and return the wallet
+-- row after. The caller then writes all the entries of its transaction in one INSERT,
+-- with balance_before/after and the link from this row.
 -- Locks: the wallet row, by the UPDATE itself, until the caller's transaction ends.
 -- Callers changing two wallets call this in wallet id order, so opposite transfers wait
 -- for each other instead of deadlocking.
 -- A debit applies only while the balance covers it, a credit only while the balance stays
 -- within 10^18 (so the sum can never overflow); the check and the write are one
 -- statement, re-checked by PostgreSQL on the newest row version after any wait.
+-- updated_at is taken after the lock (clock_timestamp, never earlier than the last one),
+-- so a wallet's entries are in the same order by created_at as by id: history can then
+-- bound a page by time and by position with one index range.
 -- Raises: WS409 wallet_not_active, WF422 insufficient_funds, WL422 balance_limit_exceeded.
 CREATE OR REPLACE FUNCTION wallet.apply_to_wallet(
     p_wallet_id      uuid,
     p_net_amount     bigint,
+    p_digest         bytea,
     p_pending_change bigint DEFAULT 0
-) RETURNS bigint
+) RETURNS wallet.wallets
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    v_balance_after bigint;
-    v_wallet        wallet.wallets;
+    v_wallet wallet.wallets;
 BEGIN
     UPDATE wallet.wallets
-    SET balance = balance + p_net_amount, pending = pending + p_pending_change, updated_at = now()
+    SET balance       = balance + p_net_amount,
+        pending       = pending + p_pending_change,
+        chain_version = chain_version + 1,
+        chain_hash    = wallet.chain_link(chain_hash, p_digest, chain_version + 1, balance + p_net_amount, 'posted'),
+        updated_at    = greatest(updated_at, clock_timestamp())
     WHERE id = p_wallet_id
       AND status = 'active'
       AND balance + p_net_amount BETWEEN 0 AND 1000000000000000000
-    RETURNING balance INTO v_balance_after;
+    RETURNING * INTO v_wallet;
 
     IF NOT FOUND THEN
         SELECT * INTO STRICT v_wallet FROM wallet.wallets WHERE id = p_wallet_id;
@@ -48,7 +86,7 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'WF422', MESSAGE = 'insufficient funds',
             DETAIL = format('wallet %s has %s available, %s needed', p_wallet_id, v_wallet.balance, -p_net_amount);
     END IF;
-    RETURN v_balance_after;
+    RETURN v_wallet;
 END
 $$;
 
@@ -94,7 +132,9 @@ BEGIN
 END
 $$;
 
-REVOKE ALL ON FUNCTION wallet.apply_to_wallet(uuid, bigint, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION wallet.transaction_kinds() FROM PUBLIC;
+REVOKE ALL ON FUNCTION wallet.require_read_committed() FROM PUBLIC;
+REVOKE ALL ON FUNCTION wallet.apply_to_wallet(uuid, bigint, bytea, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION wallet.to_transaction_result(wallet.transactions, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION wallet.replayed_transaction(jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION wallet.find_wallet(text, uuid) FROM PUBLIC;

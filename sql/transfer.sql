@@ -5,11 +5,12 @@
 -- covers amount + fee and both wallets are active.
 -- Order: validate, read both wallets (no lock), compute the fee, claim the idempotency
 -- key, write the transaction, then lock both wallets in id order and write the entries.
--- Locks: both wallet rows, lower id first, so two opposite transfers never deadlock.
+-- Locks: both wallet rows, lower id first, as every function that locks two wallets does,
+-- so two opposite transfers wait for each other instead of deadlocking.
 -- Raises: WI400 invalid_request, WN404 not_found (either wallet; the sender also when
 --         it belongs to another owner), WW422 same_wallet, WM422 currency_mismatch,
 --         WS409 wallet_not_active, WF422 insufficient_funds, WL422 balance_limit_exceeded,
---         WK409 idempotency_key_reused.
+--         WK409 idempotency_key_reused, WT500 isolation_level_unsupported.
 CREATE OR REPLACE FUNCTION wallet.transfer(
     p_caller_id       text,
     p_idempotency_key text,
@@ -28,12 +29,14 @@ AS $$
 DECLARE
     v_from        wallet.wallets;
     v_to          wallet.wallets;
-    v_debit        bigint;
-    v_from_balance bigint;
-    v_to_balance   bigint;
-    v_transaction  wallet.transactions;
+    v_debit       bigint;
+    v_digest      bytea;
+    v_from_after  wallet.wallets;
+    v_to_after    wallet.wallets;
+    v_transaction wallet.transactions;
     v_replay      jsonb;
 BEGIN
+    PERFORM wallet.require_read_committed();
     PERFORM wallet.check_movement_request(p_amount, p_reference, coalesce(p_metadata, '{}'));
     IF p_from_wallet_id = p_to_wallet_id THEN
         RAISE EXCEPTION USING ERRCODE = 'WW422', MESSAGE = 'cannot transfer to the same wallet';
@@ -67,19 +70,26 @@ BEGIN
 
     INSERT INTO wallet.transactions VALUES (v_transaction.*);
     v_debit := p_amount + v_transaction.fee;
+    v_digest := wallet.transaction_digest(v_transaction,
+                    wallet.expected_legs('transfer', NULL, p_from_wallet_id, p_to_wallet_id, p_amount, v_transaction.fee));
     IF p_from_wallet_id < p_to_wallet_id THEN
-        v_from_balance := wallet.apply_to_wallet(p_from_wallet_id, -v_debit);
-        v_to_balance   := wallet.apply_to_wallet(p_to_wallet_id, p_amount);
+        v_from_after := wallet.apply_to_wallet(p_from_wallet_id, -v_debit, v_digest);
+        v_to_after   := wallet.apply_to_wallet(p_to_wallet_id, p_amount, v_digest);
     ELSE
-        v_to_balance   := wallet.apply_to_wallet(p_to_wallet_id, p_amount);
-        v_from_balance := wallet.apply_to_wallet(p_from_wallet_id, -v_debit);
+        v_to_after   := wallet.apply_to_wallet(p_to_wallet_id, p_amount, v_digest);
+        v_from_after := wallet.apply_to_wallet(p_from_wallet_id, -v_debit, v_digest);
     END IF;
-    INSERT INTO wallet.entries (transaction_id, wallet_id, account, currency, net_amount, balance_before, balance_after)
-    SELECT v_transaction.id, leg.wallet_id, leg.account, v_from.currency, leg.net_amount, leg.balance_before, leg.balance_after
-    FROM (VALUES (p_from_wallet_id, NULL, -v_debit, v_from_balance + v_debit, v_from_balance),
-                 (p_to_wallet_id, NULL, p_amount, v_to_balance - p_amount, v_to_balance),
-                 (NULL::uuid, 'revenue', v_transaction.fee, NULL::bigint, NULL::bigint))
-         AS leg (wallet_id, account, net_amount, balance_before, balance_after)
+    INSERT INTO wallet.entries (transaction_id, wallet_id, account, currency, kind, net_amount,
+                                balance_before, balance_after, chain_version, chain_hash, created_at)
+    SELECT v_transaction.id, leg.wallet_id, leg.account, v_from.currency, 'transfer', leg.net_amount,
+           leg.balance_after - leg.net_amount, leg.balance_after, leg.chain_version, leg.chain_hash, leg.created_at
+    FROM (VALUES (p_from_wallet_id, NULL, -v_debit, v_from_after.balance, v_from_after.chain_version,
+                  v_from_after.chain_hash, v_from_after.updated_at),
+                 (p_to_wallet_id, NULL, p_amount, v_to_after.balance, v_to_after.chain_version,
+                  v_to_after.chain_hash, v_to_after.updated_at),
+                 (NULL::uuid, 'revenue', v_transaction.fee, NULL::bigint, NULL::bigint, NULL::bytea,
+                  greatest(v_from_after.updated_at, v_to_after.updated_at)))
+         AS leg (wallet_id, account, net_amount, balance_after, chain_version, chain_hash, created_at)
     WHERE leg.net_amount <> 0;
     RETURN wallet.to_transaction_result(v_transaction, false);
 END

@@ -27,7 +27,8 @@ BEGIN
 END
 $$;
 
--- wallet.open_wallet: a new active wallet with a zero balance. Locks nothing.
+-- wallet.open_wallet: a new active wallet with a zero balance, its hash chain started at
+-- its genesis (see chain.sql). Locks nothing.
 -- Raises: WI400 invalid_request (owner_id, currency or metadata malformed),
 --         WK409 idempotency_key_reused.
 CREATE OR REPLACE FUNCTION wallet.open_wallet(
@@ -61,8 +62,11 @@ BEGIN
         RETURN wallet.replayed_wallet(v_replay);
     END IF;
 
-    INSERT INTO wallet.wallets (owner_id, currency, metadata)
-    VALUES (p_owner_id, v_currency, v_metadata)
+    v_wallet.id         := wallet.uuid_v7();
+    v_wallet.created_at := now();
+    INSERT INTO wallet.wallets (id, owner_id, currency, metadata, created_at, updated_at, chain_hash)
+    VALUES (v_wallet.id, p_owner_id, v_currency, v_metadata, v_wallet.created_at, v_wallet.created_at,
+            wallet.chain_genesis(v_wallet.id, p_owner_id, v_currency, v_wallet.created_at))
     RETURNING * INTO v_wallet;
 
     PERFORM wallet.record_idempotent_response(p_caller_id, p_idempotency_key,
@@ -111,12 +115,15 @@ BEGIN
 END
 $$;
 
--- wallet.change_wallet_status: the one place a wallet's status changes.
+-- wallet.change_wallet_status: the one place a wallet's status changes; each change is a
+-- link of the wallet's hash chain (see chain.sql).
+-- Order: find the wallet and check its owner (so a replay never shows another owner's
+-- wallet), claim the idempotency key, then lock and change it.
 -- Locks: the wallet row (FOR NO KEY UPDATE). A change to the status it already has
 -- succeeds and changes nothing. Closed is final; only an empty wallet may close.
 -- Raises: WN404 not_found, WS409 wallet_not_active (the wallet is closed),
 --         WE409 wallet_not_empty (closing with a balance or pending deposits),
---         WK409 idempotency_key_reused.
+--         WK409 idempotency_key_reused, WT500 isolation_level_unsupported.
 CREATE OR REPLACE FUNCTION wallet.change_wallet_status(
     p_caller_id        text,
     p_idempotency_key  text,
@@ -134,17 +141,14 @@ DECLARE
     v_replay    jsonb;
     v_wallet    wallet.wallets;
 BEGIN
+    PERFORM wallet.require_read_committed();
+    PERFORM wallet.find_wallet(p_acting_owner_id, p_wallet_id);
     v_replay := wallet.claim_idempotency_key(p_caller_id, p_idempotency_key, v_operation, p_fingerprint);
     IF v_replay IS NOT NULL THEN
         RETURN wallet.replayed_wallet(v_replay);
     END IF;
 
-    SELECT * INTO v_wallet FROM wallet.wallets WHERE id = p_wallet_id FOR NO KEY UPDATE;
-    IF NOT FOUND OR v_wallet.owner_id <> coalesce(p_acting_owner_id, v_wallet.owner_id) THEN
-        RAISE EXCEPTION USING ERRCODE = 'WN404', MESSAGE = 'wallet not found',
-            DETAIL = format('wallet %s', p_wallet_id);
-    END IF;
-
+    SELECT * INTO STRICT v_wallet FROM wallet.wallets WHERE id = p_wallet_id FOR NO KEY UPDATE;
     IF v_wallet.status <> p_status THEN
         IF v_wallet.status = 'closed' THEN
             RAISE EXCEPTION USING ERRCODE = 'WS409', MESSAGE = 'wallet is closed',
@@ -155,9 +159,8 @@ BEGIN
                 DETAIL = format('wallet %s has balance %s and pending %s',
                                 p_wallet_id, v_wallet.balance, v_wallet.pending);
         END IF;
-        UPDATE wallet.wallets SET status = p_status, updated_at = now()
-        WHERE id = p_wallet_id
-        RETURNING * INTO v_wallet;
+        v_wallet := wallet.append_status_link(p_wallet_id, 'wallet_' || p_status, NULL, 0,
+                                              p_require_active => false, p_status => p_status);
     END IF;
 
     PERFORM wallet.record_idempotent_response(p_caller_id, p_idempotency_key,

@@ -6,7 +6,7 @@
 -- key, write the transaction, then lock and debit the wallet and write the entries.
 -- Locks: the wallet row (in wallet.apply_to_wallet).
 -- Raises: WI400 invalid_request, WN404 not_found, WS409 wallet_not_active,
---         WF422 insufficient_funds, WK409 idempotency_key_reused.
+--         WF422 insufficient_funds, WK409 idempotency_key_reused, WT500 isolation_level_unsupported.
 CREATE OR REPLACE FUNCTION wallet.withdraw(
     p_caller_id       text,
     p_idempotency_key text,
@@ -26,8 +26,9 @@ DECLARE
     v_transaction wallet.transactions;
     v_replay      jsonb;
     v_debit       bigint;
-    v_balance_after bigint;
+    v_after       wallet.wallets;
 BEGIN
+    PERFORM wallet.require_read_committed();
     PERFORM wallet.check_movement_request(p_amount, p_reference, coalesce(p_metadata, '{}'));
     v_wallet := wallet.find_wallet(p_acting_owner_id, p_wallet_id);
 
@@ -52,13 +53,17 @@ BEGIN
 
     INSERT INTO wallet.transactions VALUES (v_transaction.*);
     v_debit := p_amount + v_transaction.fee;
-    v_balance_after := wallet.apply_to_wallet(p_wallet_id, -v_debit);
-    INSERT INTO wallet.entries (transaction_id, wallet_id, account, currency, net_amount, balance_before, balance_after)
-    SELECT v_transaction.id, leg.wallet_id, leg.account, v_wallet.currency, leg.net_amount, leg.balance_before, leg.balance_after
-    FROM (VALUES (p_wallet_id, NULL, -v_debit, v_balance_after + v_debit, v_balance_after),
-                 (NULL::uuid, 'world', p_amount, NULL::bigint, NULL::bigint),
-                 (NULL, 'revenue', v_transaction.fee, NULL, NULL))
-         AS leg (wallet_id, account, net_amount, balance_before, balance_after)
+    v_after := wallet.apply_to_wallet(p_wallet_id, -v_debit,
+                   wallet.transaction_digest(v_transaction,
+                       wallet.expected_legs('withdrawal', p_wallet_id, NULL, NULL, p_amount, v_transaction.fee)));
+    INSERT INTO wallet.entries (transaction_id, wallet_id, account, currency, kind, net_amount,
+                                balance_before, balance_after, chain_version, chain_hash, created_at)
+    SELECT v_transaction.id, leg.wallet_id, leg.account, v_wallet.currency, 'withdrawal', leg.net_amount,
+           leg.balance_after - leg.net_amount, leg.balance_after, leg.chain_version, leg.chain_hash, v_after.updated_at
+    FROM (VALUES (p_wallet_id, NULL, -v_debit, v_after.balance, v_after.chain_version, v_after.chain_hash),
+                 (NULL::uuid, 'world', p_amount, NULL::bigint, NULL::bigint, NULL::bytea),
+                 (NULL, 'revenue', v_transaction.fee, NULL, NULL, NULL))
+         AS leg (wallet_id, account, net_amount, balance_after, chain_version, chain_hash)
     WHERE leg.net_amount <> 0;
     RETURN wallet.to_transaction_result(v_transaction, false);
 END

@@ -121,7 +121,7 @@ def test_transactions_refuse_delete_and_truncate_and_a_posted_one_refuses_update
 
     for statement in (
         "DELETE FROM wallet.transactions",
-        "TRUNCATE wallet.transactions, wallet.entries",
+        "TRUNCATE wallet.transactions, wallet.entries, wallet.status_changes",
         "TRUNCATE wallet.transactions CASCADE",
         "UPDATE wallet.transactions SET amount = amount + 1",
         "UPDATE wallet.transactions SET reference = 'rewritten'",
@@ -170,18 +170,23 @@ def test_check_constraints_reject_what_the_functions_would_refuse(db):
         "lower-case currency": "UPDATE wallet.wallets SET currency = 'irr'",
         "metadata array": "UPDATE wallet.wallets SET metadata = '[]'",
         "entry below zero": (
-            "INSERT INTO wallet.entries (transaction_id, wallet_id, currency, net_amount,"
-            f" balance_before, balance_after) VALUES ('{transaction_id}', '{wallet_id}', 'IRR',"
-            " -101, 100, -1)"
+            "INSERT INTO wallet.entries (transaction_id, wallet_id, currency, kind, net_amount,"
+            " balance_before, balance_after, chain_version, chain_hash) VALUES"
+            f" ('{transaction_id}', '{wallet_id}', 'IRR', 'deposit', -101, 100, -1, 2, sha256(''))"
+        ),
+        "merchant entry without its chain link": (
+            "INSERT INTO wallet.entries (transaction_id, wallet_id, currency, kind, net_amount,"
+            f" balance_before, balance_after) VALUES ('{transaction_id}', '{wallet_id}', 'IRR', 'deposit',"
+            " 5, 100, 105)"
         ),
         "entry whose balances do not add up": (
-            "INSERT INTO wallet.entries (transaction_id, wallet_id, currency, net_amount,"
-            f" balance_before, balance_after) VALUES ('{transaction_id}', '{wallet_id}', 'IRR',"
-            " 5, 100, 106)"
+            "INSERT INTO wallet.entries (transaction_id, wallet_id, currency, kind, net_amount,"
+            " balance_before, balance_after, chain_version, chain_hash) VALUES"
+            f" ('{transaction_id}', '{wallet_id}', 'IRR', 'deposit', 5, 100, 106, 2, sha256(''))"
         ),
         "zero entry": (
-            "INSERT INTO wallet.entries (transaction_id, account, currency, net_amount)"
-            f" VALUES ('{transaction_id}', 'world', 'IRR', 0)"
+            "INSERT INTO wallet.entries (transaction_id, account, currency, kind, net_amount)"
+            f" VALUES ('{transaction_id}', 'world', 'IRR', 'deposit', 0)"
         ),
         "deposit with fee not below amount": (
             "INSERT INTO wallet.transactions (kind, status, wallet_id, currency, amount, fee,"
@@ -280,11 +285,14 @@ def test_wallet_app_moves_money_through_the_functions(db):
         change_status(db, "freeze", second, caller="api")
         balance = one(db, "SELECT balance FROM wallet.get_wallet(NULL, %s)", first)["balance"]
         history = rows(db, "SELECT * FROM wallet.wallet_history(NULL, %s)", first)
-        violations = rows(db, "SELECT * FROM wallet.verify_ledger()")
+        # An unbounded read of the whole ledger is the auditor's, not a request's.
+        for audit in ("verify_ledger()", "ledger_checkpoint()", "verify_ledger_since(now())"):
+            with raises_sqlstate("42501", audit):
+                db.execute(f"SELECT * FROM wallet.{audit}")
 
     assert balance == 699
     assert len(history) == 3
-    assert violations == []
+    assert rows(db, "SELECT * FROM wallet.verify_ledger()") == []
     assert scalar(db, "SELECT status FROM wallet.wallets WHERE id = %s", second) == "frozen"
 
 
@@ -329,7 +337,20 @@ def test_public_may_execute_no_function_in_schema_wallet(db):
 # Internal helpers: executed by their owner only, from inside a SECURITY DEFINER function
 # whose search_path is pinned, so they do not set it again (sql/posting.sql says why).
 INTERNAL_HELPERS = {
+    "append_status_link",
     "apply_to_wallet",
+    "chain_genesis",
+    "chain_link",
+    "checkpoint_digest",
+    "epoch_us",
+    "expected_legs",
+    "fail_scheduled_deposit",
+    "parse_checkpoint",
+    "require_read_committed",
+    "rule_chain_genesis",
+    "rule_digest",
+    "transaction_digest",
+    "transaction_kinds",
     "change_wallet_status",
     "check_metadata",
     "check_movement_request",
@@ -386,14 +407,13 @@ def test_only_internal_helpers_leave_their_search_path_to_the_caller(db):
     paths = {
         setting for f in functions for setting in f["proconfig"] or [] if setting.startswith("search_path=")
     }
-    # Only the two functions that call procrastinate's SQL (which names its tables unqualified)
-    # put its schema, public, on the path, and after pg_catalog.
+    # public may be writable by others (item 2 of issue 9): no function resolves through it.
     with_public = {f["name"] for f in functions for setting in f["proconfig"] or [] if "public" in setting}
 
     assert unpinned == INTERNAL_HELPERS
     assert unpinned & shared == set(), "a helper others may execute must pin its search_path"
     assert unpinned & definers == set(), "a SECURITY DEFINER function must pin its search_path"
-    assert with_public == {"enqueue_settlement", "delete_settlement_job"}
+    assert with_public == set()
     assert all(path.startswith("search_path=pg_catalog,") for path in paths), paths
     assert all("$user" not in path for path in paths), paths
 
@@ -452,24 +472,24 @@ def test_verify_ledger_reports_every_kind_of_corruption(db):
             " balance_after = balance_after + 1 WHERE id = %(earlier)s",
             "UPDATE wallet.entries SET balance_before = balance_before - 1,"
             " balance_after = balance_after - 1 WHERE id = %(earlier)s",
-            {"entry_chain_broken"},
+            {"entry_chain_broken", "chain_link_mismatch"},
         ),
         (
             "UPDATE wallet.entries SET net_amount = net_amount - 1 WHERE id = %(world)s",
             "UPDATE wallet.entries SET net_amount = net_amount + 1 WHERE id = %(world)s",
-            {"transaction_unbalanced"},
+            {"transaction_unbalanced", "chain_link_mismatch"},
         ),
         (
             "UPDATE wallet.entries SET net_amount = net_amount + 1 WHERE id = %(revenue)s",
             "UPDATE wallet.entries SET net_amount = net_amount - 1 WHERE id = %(revenue)s",
-            {"transaction_unbalanced", "revenue_differs_from_fee"},
+            {"transaction_unbalanced", "revenue_differs_from_fee", "chain_link_mismatch"},
         ),
         (
             "UPDATE wallet.entries SET net_amount = net_amount + 1,"
             " balance_after = balance_after + 1 WHERE id = %(last)s",
             "UPDATE wallet.entries SET net_amount = net_amount - 1,"
             " balance_after = balance_after - 1 WHERE id = %(last)s",
-            {"transaction_unbalanced", "balance_differs_from_entries"},
+            {"transaction_unbalanced", "balance_differs_from_entries", "chain_link_mismatch"},
         ),
     ]
     names = {
@@ -492,7 +512,7 @@ def test_verify_ledger_reports_every_kind_of_corruption(db):
         " posted_at) VALUES ('deposit', 'posted', %s, 'IRR', 10, 0, now())",
         (wallets[3],),
     )
-    assert _checks(db) == {"transaction_entries"}
+    assert _checks(db) == {"transaction_entries", "transaction_unchained"}
 
 
 # --- drift between migrations/, sql/ and the database -------------------------------------
