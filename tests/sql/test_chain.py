@@ -38,7 +38,8 @@ DECLARE
     v_rule   wallet.commission_rules;
 BEGIN
     FOR v_wallet IN SELECT * FROM wallet.wallets LOOP
-        v_head := wallet.chain_genesis(v_wallet.id, v_wallet.owner_id, v_wallet.currency, v_wallet.created_at);
+        v_head := wallet.chain_genesis(v_wallet.id, v_wallet.owner_id, v_wallet.currency,
+                                       v_wallet.created_at);
         FOR v_link IN
             SELECT l.*, t AS transaction,
                    (SELECT string_agg(coalesce(e.wallet_id::text, e.account) || ':' || e.net_amount, ','
@@ -55,12 +56,14 @@ BEGIN
         LOOP
             v_head := wallet.chain_link(v_head,
                 CASE WHEN v_link.transaction_id IS NULL THEN sha256(convert_to(v_link.event, 'UTF8'))
-                     WHEN v_link.event = 'posted' THEN wallet.transaction_digest(v_link.transaction, v_link.legs)
+                     WHEN v_link.event = 'posted'
+                         THEN wallet.transaction_digest(v_link.transaction, v_link.legs)
                      ELSE wallet.transaction_digest(v_link.transaction,
                               wallet.expected_legs((v_link.transaction).kind, (v_link.transaction).wallet_id,
                                                    (v_link.transaction).from_wallet_id,
                                                    (v_link.transaction).to_wallet_id,
-                                                   (v_link.transaction).amount, (v_link.transaction).fee)) END,
+                                                   (v_link.transaction).amount,
+                                                   (v_link.transaction).fee)) END,
                 v_link.chain_version, v_link.after, v_link.event);
             IF v_link.source = 'entry' THEN
                 UPDATE wallet.entries SET chain_hash = v_head WHERE id = v_link.entry_id;
@@ -146,10 +149,11 @@ def as_attacker(db: psycopg.Connection) -> None:
 
 def change_an_amount_with_its_entries(db, ledger):
     """The only deposit of d made 1,000 larger, with its legs, d's balance and entry."""
-    (transaction,) = [r["id"] for r in rows(db, "SELECT id FROM wallet.transactions WHERE wallet_id = %s", ledger["d"])]
+    transaction = scalar(db, "SELECT id FROM wallet.transactions WHERE wallet_id = %s", ledger["d"])
     db.execute("UPDATE wallet.transactions SET amount = amount + 1000 WHERE id = %s", (transaction,))
     db.execute(
-        "UPDATE wallet.entries SET net_amount = net_amount - 1000 WHERE transaction_id = %s AND account = 'world'",
+        "UPDATE wallet.entries SET net_amount = net_amount - 1000"
+        " WHERE transaction_id = %s AND account = 'world'",
         (transaction,),
     )
     db.execute(
@@ -178,7 +182,8 @@ def delete_the_last_transaction_and_roll_back_the_head(db, ledger):
     db.execute(
         "UPDATE wallet.wallets AS w SET chain_version = e.chain_version, chain_hash = e.chain_hash,"
         " updated_at = e.created_at"
-        " FROM (SELECT * FROM wallet.entries WHERE wallet_id = %(b)s ORDER BY chain_version DESC LIMIT 1) AS e"
+        " FROM (SELECT * FROM wallet.entries WHERE wallet_id = %(b)s"
+        "       ORDER BY chain_version DESC LIMIT 1) AS e"
         " WHERE w.id = %(b)s",
         {"b": ledger["b"]},
     )
@@ -194,10 +199,12 @@ def waive_a_fee(db, ledger):
     )
     db.execute("UPDATE wallet.transactions SET fee = 0 WHERE id = %s", (ledger["withdrawal"],))
     db.execute(
-        "DELETE FROM wallet.entries WHERE transaction_id = %s AND account = 'revenue'", (ledger["withdrawal"],)
+        "DELETE FROM wallet.entries WHERE transaction_id = %s AND account = 'revenue'",
+        (ledger["withdrawal"],),
     )
     db.execute(
-        "UPDATE wallet.entries SET net_amount = net_amount + %s, balance_after = balance_after + %s WHERE id = %s",
+        "UPDATE wallet.entries SET net_amount = net_amount + %s, balance_after = balance_after + %s"
+        " WHERE id = %s",
         (fee, fee, entry["id"]),
     )
     db.execute(
@@ -218,7 +225,8 @@ def add_balanced_orphan_entries(db, ledger):
     )
     db.execute(
         "INSERT INTO wallet.entries (transaction_id, account, currency, kind, net_amount)"
-        " VALUES (%(t)s, 'revenue', 'IRR', 'withdrawal', 5000000), (%(t)s, 'world', 'IRR', 'withdrawal', -5000000)",
+        " VALUES (%(t)s, 'revenue', 'IRR', 'withdrawal', 5000000),"
+        "        (%(t)s, 'world', 'IRR', 'withdrawal', -5000000)",
         {"t": transaction},
     )
 
@@ -227,7 +235,8 @@ def add_balanced_entries_to_a_transaction(db, ledger):
     """The same pair added to a's withdrawal, whose own legs stay as they were."""
     db.execute(
         "INSERT INTO wallet.entries (transaction_id, account, currency, kind, net_amount)"
-        " VALUES (%(t)s, 'revenue', 'IRR', 'withdrawal', 5000000), (%(t)s, 'world', 'IRR', 'withdrawal', -5000000)",
+        " VALUES (%(t)s, 'revenue', 'IRR', 'withdrawal', 5000000),"
+        "        (%(t)s, 'world', 'IRR', 'withdrawal', -5000000)",
         {"t": ledger["withdrawal"]},
     )
 
@@ -246,7 +255,9 @@ def redirect_a_transfer(db, ledger):
         ledger["b"],
     )
     amount = entry["net_amount"]
-    db.execute("UPDATE wallet.transactions SET to_wallet_id = %s WHERE id = %s", (ledger["empty"], transfer_id))
+    db.execute(
+        "UPDATE wallet.transactions SET to_wallet_id = %s WHERE id = %s", (ledger["empty"], transfer_id)
+    )
     db.execute(
         "UPDATE wallet.entries SET wallet_id = %s, balance_before = 0, balance_after = %s WHERE id = %s",
         (ledger["empty"], amount, entry["id"]),
@@ -379,7 +390,9 @@ def test_the_rechain_helper_reproduces_an_untouched_chain(db, ledger):
 def test_an_altered_checkpoint_is_named(db, ledger):
     digest = checkpoint(db)
     as_attacker(db)
-    db.execute("UPDATE wallet.checkpoint_heads SET balance = balance + 1 WHERE wallet_id = %s", (ledger["a"],))
+    db.execute(
+        "UPDATE wallet.checkpoint_heads SET balance = balance + 1 WHERE wallet_id = %s", (ledger["a"],)
+    )
 
     assert "checkpoint_altered" in checkpoint_checks(db, digest)
     assert "checkpoint_altered" in checks(db, "SELECT * FROM wallet.verify_ledger_since(now())")
@@ -471,7 +484,11 @@ def test_every_link_is_written_by_the_function_that_makes_the_change(db, ledger)
     )
     events_of_c = [
         row["event"]
-        for row in rows(db, "SELECT event FROM wallet.status_changes WHERE wallet_id = %s ORDER BY chain_version", ledger["c"])
+        for row in rows(
+            db,
+            "SELECT event FROM wallet.status_changes WHERE wallet_id = %s ORDER BY chain_version",
+            ledger["c"],
+        )
     ]
 
     assert all(heads[wallet]["chain_version"] == count for wallet, count in links.items())
