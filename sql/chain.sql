@@ -167,27 +167,32 @@ DECLARE
                                                          p_transaction.amount, p_transaction.fee)) END;
     v_wallet wallet.wallets;
 BEGIN
-    UPDATE wallet.wallets
-    SET pending       = pending + p_pending_change,
-        status        = coalesce(p_status, status),
-        chain_version = chain_version + 1,
-        chain_hash    = wallet.chain_link(chain_hash, v_digest, chain_version + 1,
-                                          pending + p_pending_change, p_event),
-        updated_at    = greatest(updated_at, clock_timestamp())
-    WHERE id = p_wallet_id
-      AND (status = 'active' OR NOT p_require_active)
-      AND pending + p_pending_change <= 1000000000000000000
-    RETURNING * INTO v_wallet;
-    IF NOT FOUND THEN
-        SELECT * INTO STRICT v_wallet FROM wallet.wallets WHERE id = p_wallet_id;
+    LOOP
+        UPDATE wallet.wallets
+        SET pending       = pending + p_pending_change,
+            status        = coalesce(p_status, status),
+            chain_version = chain_version + 1,
+            chain_hash    = wallet.chain_link(chain_hash, v_digest, chain_version + 1,
+                                              pending + p_pending_change, p_event),
+            updated_at    = greatest(updated_at, clock_timestamp())
+        WHERE id = p_wallet_id
+          AND (status = 'active' OR NOT p_require_active)
+          AND pending + p_pending_change <= 1000000000000000000
+        RETURNING * INTO v_wallet;
+        EXIT WHEN FOUND;
+
+        -- As in apply_to_wallet: say why from the row as it is now, locked, or go round.
+        SELECT * INTO STRICT v_wallet FROM wallet.wallets WHERE id = p_wallet_id FOR NO KEY UPDATE;
         IF p_require_active AND v_wallet.status <> 'active' THEN
             RAISE EXCEPTION USING ERRCODE = 'WS409', MESSAGE = format('wallet is %s', v_wallet.status),
                 DETAIL = format('wallet %s', p_wallet_id);
         END IF;
-        RAISE EXCEPTION USING ERRCODE = 'WL422',
-            MESSAGE = 'the wallet''s pending deposits would exceed the maximum of 10^18',
-            DETAIL = format('wallet %s has %s pending', p_wallet_id, v_wallet.pending);
-    END IF;
+        IF v_wallet.pending + p_pending_change > 1000000000000000000 THEN
+            RAISE EXCEPTION USING ERRCODE = 'WL422',
+                MESSAGE = 'the wallet''s pending deposits would exceed the maximum of 10^18',
+                DETAIL = format('wallet %s has %s pending', p_wallet_id, v_wallet.pending);
+        END IF;
+    END LOOP;
     INSERT INTO wallet.status_changes (wallet_id, chain_version, event, transaction_id, pending_after, created_at, chain_hash)
     VALUES (p_wallet_id, v_wallet.chain_version, p_event, p_transaction.id, v_wallet.pending, v_wallet.updated_at,
             v_wallet.chain_hash);

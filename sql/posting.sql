@@ -62,30 +62,35 @@ AS $$
 DECLARE
     v_wallet wallet.wallets;
 BEGIN
-    UPDATE wallet.wallets
-    SET balance       = balance + p_net_amount,
-        pending       = pending + p_pending_change,
-        chain_version = chain_version + 1,
-        chain_hash    = wallet.chain_link(chain_hash, p_digest, chain_version + 1, balance + p_net_amount, 'posted'),
-        updated_at    = greatest(updated_at, clock_timestamp())
-    WHERE id = p_wallet_id
-      AND status = 'active'
-      AND balance + p_net_amount BETWEEN 0 AND 1000000000000000000
-    RETURNING * INTO v_wallet;
+    LOOP
+        UPDATE wallet.wallets
+        SET balance       = balance + p_net_amount,
+            pending       = pending + p_pending_change,
+            chain_version = chain_version + 1,
+            chain_hash    = wallet.chain_link(chain_hash, p_digest, chain_version + 1, balance + p_net_amount, 'posted'),
+            updated_at    = greatest(updated_at, clock_timestamp())
+        WHERE id = p_wallet_id
+          AND status = 'active'
+          AND balance + p_net_amount BETWEEN 0 AND 1000000000000000000
+        RETURNING * INTO v_wallet;
+        EXIT WHEN FOUND;
 
-    IF NOT FOUND THEN
-        SELECT * INTO STRICT v_wallet FROM wallet.wallets WHERE id = p_wallet_id;
+        -- Say why from the row locked as it is now: a freeze may have come and gone since the
+        -- UPDATE read it. If nothing stops it any more, go round: the lock is ours now.
+        SELECT * INTO STRICT v_wallet FROM wallet.wallets WHERE id = p_wallet_id FOR NO KEY UPDATE;
         IF v_wallet.status <> 'active' THEN
             RAISE EXCEPTION USING ERRCODE = 'WS409', MESSAGE = format('wallet is %s', v_wallet.status),
                 DETAIL = format('wallet %s', p_wallet_id);
         END IF;
-        IF p_net_amount > 0 THEN
+        IF v_wallet.balance + p_net_amount > 1000000000000000000 THEN
             RAISE EXCEPTION USING ERRCODE = 'WL422', MESSAGE = 'the wallet would exceed the maximum balance of 10^18',
                 DETAIL = format('wallet %s', p_wallet_id);
         END IF;
-        RAISE EXCEPTION USING ERRCODE = 'WF422', MESSAGE = 'insufficient funds',
-            DETAIL = format('wallet %s has %s available, %s needed', p_wallet_id, v_wallet.balance, -p_net_amount);
-    END IF;
+        IF v_wallet.balance + p_net_amount < 0 THEN
+            RAISE EXCEPTION USING ERRCODE = 'WF422', MESSAGE = 'insufficient funds',
+                DETAIL = format('wallet %s has %s available, %s needed', p_wallet_id, v_wallet.balance, -p_net_amount);
+        END IF;
+    END LOOP;
     RETURN v_wallet;
 END
 $$;
