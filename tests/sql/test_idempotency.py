@@ -227,3 +227,31 @@ def test_concurrent_requests_with_one_key_execute_once(db, database_url):
     assert errors == []
     assert results == [True]
     assert get_wallet(db, wallet_id)["balance"] == 900
+
+
+def test_a_replay_of_a_status_change_or_cancel_checks_the_owner_first(db):
+    """Issue 9, item 11: owner b's caller reusing owner a's caller id and key gets not_found,
+    never a's stored wallet or deposit (with its balance)."""
+    wallet_id = funded_wallet(db, 5_000, owner="a")
+    scheduled = scalar(
+        db,
+        "SELECT id FROM wallet.deposit('svc', NULL, NULL, 'a', %s, 700, NULL, '{}',"
+        " now() + interval '1 hour')",
+        wallet_id,
+    )
+    db.execute("SELECT wallet.cancel_deposit('svc', 'cancel-1', 'fingerprint-1', 'a', %s)", (scheduled,))
+    for action in ("freeze", "unfreeze", "close"):
+        if action == "close":
+            withdraw(db, wallet_id, 5_000)
+        change_status(db, action, wallet_id, acting="a", key=f"{action}-1")
+    before = ledger_state(db)
+
+    for action in ("freeze", "unfreeze", "close"):
+        with raises_sqlstate("WN404", action):
+            change_status(db, action, wallet_id, acting="b", key=f"{action}-1")
+    with raises_sqlstate("WN404", "cancel"):
+        db.execute("SELECT wallet.cancel_deposit('svc', 'cancel-1', 'fingerprint-1', 'b', %s)", (scheduled,))
+
+    assert ledger_state(db) == before
+    # The owner itself still gets its replay.
+    assert change_status(db, "close", wallet_id, acting="a", key="close-1")["replayed"] is True
