@@ -21,20 +21,34 @@ import psycopg
 from api.auth import SCOPES, mint_token
 from api.database import DatabaseNotConfigured, database_url
 from api.logs import configure_logging
-from api.migrate import migrate
+from api.migrate import DEFAULT_LOCK_TIMEOUT_SECONDS, MigrationLockTimeout, migrate
 from api.settings import SettingsError, load_settings
 
 DEV_SECRET_FILE = "jwt-secret"
 DEV_TOKEN_TTL_SECONDS = 24 * 3600
 WORKER_RESTART_DELAY_SECONDS = 1.0
+# `wallet migrate` gave up waiting for another session's migration lock: EX_TEMPFAIL of
+# sysexits.h (try again later), apart from 1 (errors) and 2 (usage, configuration).
+EXIT_MIGRATION_LOCKED = 75
 
 logger = logging.getLogger("wallet.cli")
 
 
-def cmd_migrate(_: argparse.Namespace) -> int:
-    applied = migrate(database_url())
+def cmd_migrate(args: argparse.Namespace) -> int:
+    try:
+        applied = migrate(database_url(), lock_timeout=args.lock_timeout)
+    except MigrationLockTimeout as error:
+        print(f"wallet migrate: {error}", file=sys.stderr)
+        return EXIT_MIGRATION_LOCKED
     print(f"migrations applied: {', '.join(applied) or 'none (up to date)'}; sql/ functions re-applied")
     return 0
+
+
+def _non_negative_seconds(text: str) -> float:
+    seconds = float(text)
+    if not 0 <= seconds <= 86_400:
+        raise argparse.ArgumentTypeError("must be between 0 and 86400 seconds")
+    return seconds
 
 
 def cmd_verify(_: argparse.Namespace) -> int:
@@ -242,9 +256,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wallet", description="Merchant wallet service")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    commands.add_parser("migrate", help="apply migrations and sql/ (idempotent)").set_defaults(
-        handler=cmd_migrate
+    migrate_command = commands.add_parser("migrate", help="apply migrations and sql/ (idempotent)")
+    migrate_command.add_argument(
+        "--lock-timeout",
+        type=_non_negative_seconds,
+        default=DEFAULT_LOCK_TIMEOUT_SECONDS,
+        metavar="SECONDS",
+        help=f"wait at most this long for another migration's lock, then exit {EXIT_MIGRATION_LOCKED}"
+        f" naming its holder (default {DEFAULT_LOCK_TIMEOUT_SECONDS:g})",
     )
+    migrate_command.set_defaults(handler=cmd_migrate)
     commands.add_parser("verify", help="check the ledger; exit 1 on any violation").set_defaults(
         handler=cmd_verify
     )

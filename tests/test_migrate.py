@@ -1,0 +1,340 @@
+"""`wallet migrate` as production runs it: as a least-privileged owner, moving an existing
+queue out of public, never blocked forever by whoever holds its lock, and resolving
+nothing through public where it can avoid it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+from yoyo import get_backend, read_migrations
+
+import api.migrate
+from api.cli import EXIT_MIGRATION_LOCKED, build_parser
+from api.database import with_database
+from api.migrate import MIGRATION_LOCK_KEY, MIGRATIONS_DIR, _yoyo_url, migrate
+
+ROOT = Path(__file__).resolve().parents[1]
+BOOTSTRAP_ROLES = ROOT / "sql" / "bootstrap" / "roles.sql"
+BOOTSTRAP_LOGINS = {"wallet_owner", "wallet_api", "wallet_worker", "wallet_audit"}
+FIRST_MIGRATION_OF_THE_QUEUE_SCHEMA = "0007_procrastinate_schema"
+
+
+def rows(connection: psycopg.Connection, query: str, *params: object) -> list[dict]:
+    with connection.cursor(row_factory=dict_row) as cursor:
+        return cursor.execute(query, params or None).fetchall()
+
+
+def all_migration_ids() -> list[str]:
+    return sorted(migration.id for migration in read_migrations(str(MIGRATIONS_DIR)))
+
+
+@pytest.fixture
+def empty_owned_database(postgres_url: str, owner_url: str) -> Iterator[str]:
+    """The URL, logged in as wallet_owner, of an empty database it owns: a new install."""
+    name = f"wallet_empty_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}" OWNER wallet_owner')
+    yield with_database(owner_url, name)
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def as_superuser(url: str, postgres_url: str) -> str:
+    """The same database as url, logged in as the test server's superuser."""
+    return with_database(postgres_url, urlsplit(url).path.lstrip("/"))
+
+
+def queue_catalog(connection: psycopg.Connection) -> list[dict]:
+    """procrastinate's objects: where they are, who owns them, who may use them."""
+    return rows(
+        connection,
+        """
+        SELECT 'relation' AS kind, c.relname::text AS name, c.relnamespace::regnamespace::text AS schema,
+               c.relowner::regrole::text AS owner, c.relacl::text AS acl
+        FROM pg_class AS c WHERE c.relname LIKE 'procrastinate%%'
+        UNION ALL
+        SELECT 'function', p.oid::regprocedure::text, p.pronamespace::regnamespace::text,
+               p.proowner::regrole::text, p.proacl::text
+        FROM pg_proc AS p WHERE p.proname LIKE 'procrastinate%%'
+        UNION ALL
+        SELECT 'type', t.typname::text, t.typnamespace::regnamespace::text, t.typowner::regrole::text,
+               t.typacl::text
+        FROM pg_type AS t WHERE t.typname LIKE '%%procrastinate%%'
+        UNION ALL
+        SELECT 'schema', n.nspname::text, n.nspname::text, n.nspowner::regrole::text, n.nspacl::text
+        FROM pg_namespace AS n WHERE n.nspname = 'procrastinate'
+        ORDER BY 1, 2
+        """,
+    )
+
+
+# --- item 3: a least-privileged owner ---------------------------------------------------------
+
+
+def test_the_suite_runs_on_a_schema_built_by_an_owner_without_superuser_or_createrole(db):
+    owner = rows(
+        db, "SELECT rolsuper, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = 'wallet_owner'"
+    )
+    owners = rows(
+        db,
+        """
+        SELECT DISTINCT owner FROM (
+            SELECT nspowner::regrole::text AS owner FROM pg_namespace
+            WHERE nspname IN ('wallet', 'procrastinate')
+            UNION ALL
+            SELECT relowner::regrole::text FROM pg_class
+            WHERE relnamespace IN ('wallet'::regnamespace, 'procrastinate'::regnamespace)
+               OR relname IN ('_yoyo_migration', '_yoyo_log', '_yoyo_version', 'yoyo_lock')
+            UNION ALL
+            SELECT proowner::regrole::text FROM pg_proc
+            WHERE pronamespace IN ('wallet'::regnamespace, 'procrastinate'::regnamespace)
+        ) AS owned
+        """,
+    )
+
+    assert owner == [{"rolsuper": False, "rolcreaterole": False, "rolcreatedb": False}]
+    assert owners == [{"owner": "wallet_owner"}]
+
+
+def test_an_owner_without_createrole_migrates_a_new_database_and_again(empty_owned_database, postgres_url):
+    first = migrate(empty_owned_database)
+    second = migrate(empty_owned_database)
+
+    assert sorted(first) == all_migration_ids()
+    assert second == []
+    with psycopg.connect(empty_owned_database, autocommit=True) as connection:
+        assert connection.execute(
+            "SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = current_user"
+        ).fetchone() == (False,)
+    with psycopg.connect(as_superuser(empty_owned_database, postgres_url), autocommit=True) as connection:
+        connection.execute("SET ROLE wallet_app")
+        wallet_id = connection.execute(
+            "SELECT id FROM wallet.open_wallet('svc', NULL, NULL, 'merchant-1', NULL, NULL)"
+        ).fetchone()[0]
+        connection.execute(
+            "SELECT wallet.deposit('svc', NULL, NULL, NULL, %s, 500::bigint, NULL, NULL,"
+            " now() + interval '1 hour')",
+            (wallet_id,),
+        )
+        assert connection.execute(
+            "SELECT pending FROM wallet.get_wallet(NULL, %s)", (wallet_id,)
+        ).fetchone() == (500,)
+
+
+def test_the_bootstrap_is_idempotent_and_two_runs_at_once_both_succeed(postgres_url, database_url):
+    bootstrap = BOOTSTRAP_ROLES.read_text()
+    errors: list[BaseException] = []
+
+    def run(url: str) -> None:
+        try:
+            with psycopg.connect(url, autocommit=True) as connection:
+                connection.execute(bootstrap)
+        except BaseException as error:
+            errors.append(error)
+
+    # Two databases: the advisory lock of the file does not serialize them.
+    runs = [threading.Thread(target=run, args=(url,)) for url in (postgres_url, database_url)]
+    for thread in runs:
+        thread.start()
+    for thread in runs:
+        thread.join(timeout=60)
+
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        roles = rows(
+            connection,
+            "SELECT rolname::text AS name, rolcanlogin AS login,"
+            "       rolsuper OR rolcreaterole OR rolcreatedb OR rolreplication OR rolbypassrls AS powerful"
+            " FROM pg_roles WHERE rolname::text LIKE 'wallet\\_%%' ORDER BY 1",
+        )
+        memberships = rows(
+            connection,
+            "SELECT roleid::regrole::text AS granted, member::regrole::text AS member FROM pg_auth_members"
+            " WHERE member::regrole::text = ANY(%s) ORDER BY 2, 1",
+            sorted(BOOTSTRAP_LOGINS),
+        )
+
+    assert errors == []
+    assert [(role["name"], role["login"], role["powerful"]) for role in roles] == sorted(
+        [
+            (name, name in BOOTSTRAP_LOGINS, False)
+            for name in (*BOOTSTRAP_LOGINS, "wallet_app", "wallet_auditor")
+        ]
+    )
+    assert [(m["member"], m["granted"]) for m in memberships] == [
+        ("wallet_api", "wallet_app"),
+        ("wallet_api", "wallet_auditor"),
+        ("wallet_audit", "wallet_auditor"),
+        ("wallet_worker", "wallet_app"),
+    ]
+
+
+def test_the_bootstrap_holds_no_password():
+    statements = "\n".join(
+        line for line in BOOTSTRAP_ROLES.read_text().splitlines() if not line.lstrip().startswith("--")
+    )
+
+    assert "password" not in statements.lower()
+
+
+# --- item 2: the queue leaves public ----------------------------------------------------------
+
+
+def test_a_queue_in_public_moves_to_schema_procrastinate_with_its_jobs(
+    empty_owned_database, postgres_url, db
+):
+    backend = get_backend(_yoyo_url(empty_owned_database))
+    try:
+        earlier = read_migrations(str(MIGRATIONS_DIR)).filter(
+            lambda migration: migration.id < FIRST_MIGRATION_OF_THE_QUEUE_SCHEMA
+        )
+        with backend.lock():
+            backend.apply_migrations(backend.to_apply(earlier))
+    finally:
+        backend.connection.close()
+    with psycopg.connect(empty_owned_database, autocommit=True) as connection:
+        connection.execute("SET search_path = public")
+        [old_job] = connection.execute(
+            "SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[ROW('deposits', 'wallet:settle_deposit', 0,"
+            " NULL, 'settle-deposit:old', '{\"transaction_id\": \"old\"}', now() + interval '1 hour')"
+            "::procrastinate_job_to_defer_v1]))"
+        ).fetchone()
+
+    applied = migrate(empty_owned_database)
+
+    with psycopg.connect(empty_owned_database, autocommit=True) as connection:
+        moved = rows(
+            connection, "SELECT id, queueing_lock, status::text FROM procrastinate.procrastinate_jobs"
+        )
+        events = connection.execute(
+            "SELECT count(*) FROM procrastinate.procrastinate_events WHERE job_id = %s", (old_job,)
+        ).fetchone()[0]
+        catalog = queue_catalog(connection)
+    with psycopg.connect(as_superuser(empty_owned_database, postgres_url), autocommit=True) as connection:
+        connection.execute("SET ROLE wallet_app")
+        connection.execute("SET search_path = procrastinate")  # as the worker's sessions
+        [new_job] = connection.execute(
+            "SELECT procrastinate.procrastinate_defer_jobs_v1(ARRAY[ROW('deposits', 'wallet:settle_deposit',"
+            " 0, NULL, 'settle-deposit:new', '{}', NULL)::procrastinate.procrastinate_job_to_defer_v1])"
+        ).fetchone()[0]
+
+    assert FIRST_MIGRATION_OF_THE_QUEUE_SCHEMA in applied
+    assert moved == [{"id": old_job, "queueing_lock": "settle-deposit:old", "status": "todo"}]
+    assert events == 2  # deferred, scheduled: procrastinate's history came along
+    assert new_job > old_job  # the id sequence moved with its table
+    # The same objects, owners and grants as the template (0003 then 0007 on a new install).
+    assert catalog == queue_catalog(db)
+    assert {(entry["kind"], entry["schema"]) for entry in catalog} == {
+        ("relation", "procrastinate"),
+        ("function", "procrastinate"),
+        ("type", "procrastinate"),
+        ("schema", "procrastinate"),
+    }
+
+
+# --- item 9: the migration lock -----------------------------------------------------------------
+
+
+@pytest.fixture
+def lock_holder(database_url: str) -> Iterator[psycopg.Connection]:
+    """Another session holding the migration lock of this test's database."""
+    with psycopg.connect(database_url, autocommit=True, application_name="lock-holder") as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+        yield holder
+
+
+def test_migrate_gives_up_after_its_lock_timeout_and_names_the_holder(database_url, lock_holder):
+    holder_pid = lock_holder.info.backend_pid
+    holder_user = lock_holder.execute("SELECT current_user").fetchone()[0]
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("WALLET_")}
+    environment["DATABASE_URL"] = database_url
+
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "api.cli", "migrate", "--lock-timeout", "1.5"],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    elapsed = time.monotonic() - started
+
+    assert result.returncode == EXIT_MIGRATION_LOCKED, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("wallet migrate: gave up after 1.5 s waiting for the migration lock"), line
+    for part in (
+        f"pid {holder_pid}",
+        f"user {holder_user}",
+        "application_name 'lock-holder'",
+        "connected since",
+    ):
+        assert part in line, line
+    assert result.stdout == ""
+    assert elapsed >= 1.5
+
+
+def test_migrate_waits_for_a_holder_that_lets_go_within_the_timeout(database_url, lock_holder):
+    release = threading.Timer(
+        1.0, lambda: lock_holder.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+    )
+    started = time.monotonic()
+    release.start()
+    try:
+        applied = migrate(database_url, lock_timeout=30)
+    finally:
+        release.join()
+
+    assert applied == []
+    assert time.monotonic() - started >= 1.0
+
+
+def test_the_lock_timeout_is_a_bounded_number_of_seconds():
+    parser = build_parser()
+
+    assert parser.parse_args(["migrate"]).lock_timeout == 60
+    assert parser.parse_args(["migrate", "--lock-timeout", "0"]).lock_timeout == 0
+    for bad in ("-1", "nan", "inf", "86401", "soon"):
+        with pytest.raises(SystemExit) as exit_info:
+            parser.parse_args(["migrate", "--lock-timeout", bad])
+        assert exit_info.value.code == 2, bad
+    assert parser.parse_args(["migrate", "--lock-timeout", "2.5"]).lock_timeout == 2.5
+
+
+# --- the migration's own name resolution ------------------------------------------------------
+
+
+def test_sql_files_are_applied_with_no_schema_to_create_in(database_url, monkeypatch, tmp_path):
+    probe = tmp_path / "unqualified.sql"
+    probe.write_text("CREATE TABLE unqualified_probe (id integer);")
+    real_files = api.migrate.sql_files()
+    monkeypatch.setattr(api.migrate, "sql_files", lambda: [*real_files, probe])
+
+    with pytest.raises(psycopg.errors.InvalidSchemaName):
+        migrate(database_url)
+
+    with psycopg.connect(database_url) as connection:
+        assert connection.execute("SELECT to_regclass('public.unqualified_probe')").fetchone() == (None,)
+
+
+def test_yoyo_searches_public_alone_and_keeps_the_urls_own_options(database_url):
+    url = f"{database_url}{'&' if '?' in database_url else '?'}options=-c%20statement_timeout%3D4321"
+    backend = get_backend(_yoyo_url(url))
+    try:
+        search_path = backend.execute("SHOW search_path").fetchone()[0]
+        statement_timeout = backend.execute("SHOW statement_timeout").fetchone()[0]
+    finally:
+        backend.connection.close()
+
+    assert (search_path, statement_timeout) == ("public", "4321ms")
