@@ -35,9 +35,10 @@ from api.migrate import migrate
 ROOT = Path(__file__).resolve().parents[1]
 BOOTSTRAP_ROLES = ROOT / "sql" / "bootstrap" / "roles.sql"
 OWNER_ROLE = "wallet_owner"
-# Servers that ask for a password (testcontainers) get this one for the owner. It is set
-# only on a role without a password, so a real one on a shared server is never replaced.
-OWNER_TEST_PASSWORD = "wallet-test-owner"
+# On servers that ask for a password (testcontainers), the logins of sql/bootstrap/roles.sql
+# that tests log in as get these. Each is set only on a role without a password, so a real
+# one on a shared server is never replaced.
+TEST_PASSWORDS = {OWNER_ROLE: "wallet-test-owner", "wallet_worker": "wallet-test-worker"}
 # Test sessions sharing one server (WALLET_TEST_DATABASE_URL) set the password in turn,
 # under the lock that sql/bootstrap/roles.sql takes.
 ROLES_LOCK_KEY = int.from_bytes(b"walletro")
@@ -98,26 +99,33 @@ def postgres_url() -> Iterator[str]:
 
 
 def bootstrap_roles(url: str) -> None:
-    """sql/bootstrap/roles.sql as its operator runs it, plus the owner's test password."""
+    """sql/bootstrap/roles.sql as its operator runs it, plus the test passwords."""
     with psycopg.connect(url, autocommit=True) as connection:
         connection.execute(BOOTSTRAP_ROLES.read_text())
         with connection.transaction():
             connection.execute("SELECT pg_advisory_xact_lock(%s)", (ROLES_LOCK_KEY,))
-            if connection.execute(
-                "SELECT rolpassword IS NULL FROM pg_authid WHERE rolname = %s", (OWNER_ROLE,)
-            ).fetchone()[0]:
-                connection.execute(
-                    sql.SQL("ALTER ROLE {} PASSWORD {}").format(
-                        sql.Identifier(OWNER_ROLE), sql.Literal(OWNER_TEST_PASSWORD)
+            for role, password in TEST_PASSWORDS.items():
+                if connection.execute(
+                    "SELECT rolpassword IS NULL FROM pg_authid WHERE rolname = %s", (role,)
+                ).fetchone()[0]:
+                    connection.execute(
+                        sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                            sql.Identifier(role), sql.Literal(password)
+                        )
                     )
-                )
 
 
 @pytest.fixture(scope="session")
-def owner_url(postgres_url: str) -> str:
-    """The server's maintenance database, logged in as the ledger's least-privileged owner."""
+def logins(postgres_url: str) -> dict[str, str]:
+    """URLs of the server's maintenance database for the bootstrap logins tests use, by role."""
     bootstrap_roles(postgres_url)
-    return with_user(postgres_url, OWNER_ROLE, OWNER_TEST_PASSWORD)
+    return {role: with_user(postgres_url, role, password) for role, password in TEST_PASSWORDS.items()}
+
+
+@pytest.fixture(scope="session")
+def owner_url(logins: dict[str, str]) -> str:
+    """The server's maintenance database, logged in as the ledger's least-privileged owner."""
+    return logins[OWNER_ROLE]
 
 
 @pytest.fixture(scope="session")
