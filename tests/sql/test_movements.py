@@ -486,3 +486,60 @@ def test_a_deposit_whose_fee_is_not_below_its_amount_is_refused(db):
 
     assert deposit(db, min_fee, 101)["fee"] == 100
     assert _balance(db, min_fee) == 1
+
+
+# --- limits (issue 9, item 8) -------------------------------------------------------------
+
+
+def test_scheduled_deposits_cannot_push_pending_past_10_to_the_18(db):
+    wallet_id = new_wallet(db)
+    # 1,000 deposits of 10^15 reach the bound exactly, which is allowed.
+    db.execute(
+        "SELECT wallet.deposit('svc', NULL, NULL, NULL, %s, %s, NULL, '{}', now() + interval '1 hour')"
+        " FROM generate_series(1, 1000)",
+        (wallet_id, MAX_AMOUNT),
+    )
+    assert get_wallet(db, wallet_id)["pending"] == 10**18
+    before = ledger_state(db)
+
+    with raises_sqlstate("WL422"):
+        db.execute(
+            "SELECT wallet.deposit('svc', NULL, NULL, NULL, %s, 1, NULL, '{}', now() + interval '1 hour')",
+            (wallet_id,),
+        )
+
+    assert ledger_state(db) == before
+
+
+def test_system_account_balances_sum_past_the_range_of_bigint(db):
+    """Ten wallets at 10^18 put the outside world at -10^19, past bigint's -9.2 * 10^18."""
+    wallet_id = new_wallet(db)
+    db.execute("SET session_replication_role = replica")  # a ledger that size, written directly
+    transaction = db.execute(
+        "INSERT INTO wallet.transactions (kind, status, wallet_id, currency, amount, fee, posted_at)"
+        " VALUES ('deposit', 'posted', %s, 'IRR', 1, 0, now()) RETURNING id",
+        (wallet_id,),
+    ).fetchone()[0]
+    db.execute(
+        "INSERT INTO wallet.entries (transaction_id, account, currency, kind, net_amount)"
+        " SELECT %s, 'world', 'IRR', 'deposit', -1000000000000000000 FROM generate_series(1, 10)",
+        (transaction,),
+    )
+    db.execute("RESET session_replication_role")
+
+    world = rows(db, "SELECT balance FROM wallet.system_account_balances WHERE account = 'world'")
+
+    assert world == [{"balance": -(10**19)}]
+
+
+def test_an_infinite_available_at_is_refused(db):
+    wallet_id = new_wallet(db)
+    before = ledger_state(db)
+    for at in ("infinity", "-infinity"):
+        with raises_sqlstate("WI400", at):
+            db.execute(
+                "SELECT wallet.deposit('svc', NULL, NULL, NULL, %s, 100, NULL, '{}', %s::timestamptz)",
+                (wallet_id, at),
+            )
+
+    assert ledger_state(db) == before
