@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import psycopg
@@ -27,6 +28,8 @@ from api.settings import SettingsError, load_settings
 DEV_SECRET_FILE = "jwt-secret"
 DEV_TOKEN_TTL_SECONDS = 24 * 3600
 WORKER_RESTART_DELAY_SECONDS = 1.0
+VERIFY_TIMEOUT_SECONDS = 900
+EXIT_VERIFY_TIMED_OUT = 3
 # `wallet migrate` gave up waiting for another session's migration lock: EX_TEMPFAIL of
 # sysexits.h (try again later), apart from 1 (errors) and 2 (usage, configuration).
 EXIT_MIGRATION_LOCKED = 75
@@ -51,15 +54,43 @@ def _non_negative_seconds(text: str) -> float:
     return seconds
 
 
-def cmd_verify(_: argparse.Namespace) -> int:
-    with psycopg.connect(database_url()) as connection:
-        violations = connection.execute("SELECT check_name, detail FROM wallet.verify_ledger()").fetchall()
-    for check_name, detail in violations:
-        print(f"{check_name}: {detail}")
-    if violations:
-        print(f"ledger NOT consistent: {len(violations)} violation(s)", file=sys.stderr)
-        return 1
-    print("ledger consistent")
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Check the ledger (everything, or what changed since a checkpoint), optionally against a
+    kept digest, and on success optionally record a checkpoint and print its digest."""
+    with psycopg.connect(database_url(), autocommit=True) as connection:
+        # PostgreSQL ignores a statement_timeout set on a function: the caller brings the limit.
+        connection.execute("SELECT set_config('statement_timeout', %s, false)", (f"{args.timeout}s",))
+        try:
+            if args.since is not None:
+                violations = connection.execute(
+                    "SELECT check_name, detail FROM wallet.verify_ledger_since(%s)", (args.since,)
+                ).fetchall()
+            else:
+                violations = connection.execute(
+                    "SELECT check_name, detail FROM wallet.verify_ledger()"
+                ).fetchall()
+            if args.against is not None:
+                violations += connection.execute(
+                    "SELECT check_name, detail FROM wallet.verify_checkpoint(%s)", (args.against,)
+                ).fetchall()
+        except psycopg.errors.QueryCanceled:
+            print(f"wallet: verify did not finish within --timeout {args.timeout} s", file=sys.stderr)
+            return EXIT_VERIFY_TIMED_OUT
+        except psycopg.Error as error:
+            if error.sqlstate == "WI400":
+                print(f"wallet: {error.diag.message_primary}", file=sys.stderr)
+                return 2
+            raise
+        for check_name, detail in violations:
+            print(f"{check_name}: {detail}")
+        if violations:
+            print(f"ledger NOT consistent: {len(violations)} violation(s)", file=sys.stderr)
+            return 1
+        scope = "since the checkpoint before " + args.since.isoformat() if args.since else "in full"
+        print(f"ledger consistent ({scope}{', and extends ' + args.against if args.against else ''})")
+        if args.checkpoint:
+            digest = connection.execute("SELECT wallet.ledger_checkpoint()").fetchone()[0]
+            print(f"checkpoint: {digest}")
     return 0
 
 
@@ -252,6 +283,17 @@ def _dev_secret(*, create: bool) -> str | None:
     return path.read_text().strip()
 
 
+def _timestamp(text: str) -> datetime:
+    """An RFC 3339 time with its offset (a time without one is ambiguous for an audit)."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"not an RFC 3339 timestamp: {text!r}") from error
+    if value.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"give the offset too (e.g. {text}Z or {text}+03:30)")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wallet", description="Merchant wallet service")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -266,9 +308,30 @@ def build_parser() -> argparse.ArgumentParser:
         f" naming its holder (default {DEFAULT_LOCK_TIMEOUT_SECONDS:g})",
     )
     migrate_command.set_defaults(handler=cmd_migrate)
-    commands.add_parser("verify", help="check the ledger; exit 1 on any violation").set_defaults(
-        handler=cmd_verify
+    verify = commands.add_parser("verify", help="check the ledger; exit 1 on any violation")
+    verify.add_argument(
+        "--checkpoint",
+        action="store_true",
+        help="when the ledger is consistent, record a checkpoint and print its digest (keep it elsewhere)",
     )
+    verify.add_argument(
+        "--against",
+        metavar="DIGEST",
+        help="also prove the ledger still extends this kept checkpoint digest (v1:<id>:<hex>)",
+    )
+    verify.add_argument(
+        "--since",
+        metavar="TIMESTAMP",
+        type=_timestamp,
+        help="check only what changed after the newest checkpoint at or before TIMESTAMP (RFC 3339)",
+    )
+    verify.add_argument(
+        "--timeout",
+        type=int,
+        default=VERIFY_TIMEOUT_SECONDS,
+        help=f"seconds the check may run (default {VERIFY_TIMEOUT_SECONDS})",
+    )
+    verify.set_defaults(handler=cmd_verify)
 
     stats = commands.add_parser("stats", help="delayed-deposit settlement figures as JSON")
     stats.add_argument("--minutes", type=int, default=60, help="window of deposits counted")
