@@ -82,7 +82,7 @@ def describe_lock_holders(connection: psycopg.Connection) -> str:
     """Who holds the migration lock in this database, from pg_locks and pg_stat_activity.
 
     A role without pg_read_all_stats sees another role's client address and times as NULL:
-    they are then reported as hidden.
+    they are then reported as hidden (pid, user and application_name are always shown).
     """
     holders = connection.execute(
         """
@@ -104,17 +104,13 @@ def describe_lock_holders(connection: psycopg.Connection) -> str:
 
 
 def _describe_holder(pid, user, application, address, port, connected_at, state, state_since) -> str:
+    who = f"held by pid {pid} (user {user}, application_name {application!r}"
     if connected_at is None:
-        client = "client hidden (needs pg_read_all_stats)"
-    elif address is None:
-        client = "client on a local socket"
-    else:
-        client = f"client {address}:{port}"
-    since = "?" if connected_at is None else connected_at.isoformat(timespec="seconds")
+        return f"{who}; its client and times are hidden from this role, which pg_read_all_stats would show)"
+    client = "a local socket" if address is None else f"{address}:{port}"
     state_text = "" if state is None else f", {state} since {state_since.isoformat(timespec='seconds')}"
     return (
-        f"held by pid {pid} (user {user}, application_name {application!r}, {client},"
-        f" connected since {since}{state_text})"
+        f"{who}, client {client}, connected since {connected_at.isoformat(timespec='seconds')}{state_text})"
     )
 
 

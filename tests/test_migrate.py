@@ -23,7 +23,7 @@ from yoyo import get_backend, read_migrations
 import api.migrate
 from api.cli import EXIT_MIGRATION_LOCKED, build_parser
 from api.database import with_database
-from api.migrate import MIGRATION_LOCK_KEY, MIGRATIONS_DIR, _yoyo_url, migrate
+from api.migrate import MIGRATION_LOCK_KEY, MIGRATIONS_DIR, MigrationLockTimeout, _yoyo_url, migrate
 
 ROOT = Path(__file__).resolve().parents[1]
 BOOTSTRAP_ROLES = ROOT / "sql" / "bootstrap" / "roles.sql"
@@ -283,6 +283,22 @@ def test_migrate_gives_up_after_its_lock_timeout_and_names_the_holder(database_u
         assert part in line, line
     assert result.stdout == ""
     assert elapsed >= 1.5
+
+
+def test_a_holder_of_another_role_is_named_with_what_this_role_may_see(database_url, owner_url, lock_holder):
+    holder_pid = lock_holder.info.backend_pid
+    holder_user = lock_holder.execute("SELECT current_user").fetchone()[0]
+    as_owner = with_database(owner_url, urlsplit(database_url).path.lstrip("/"))
+
+    started = time.monotonic()
+    with pytest.raises(MigrationLockTimeout) as timeout:
+        migrate(as_owner, lock_timeout=0)
+
+    assert time.monotonic() - started < 10  # 0: no wait at all (a lock_timeout of 0 waits forever)
+    assert f"held by pid {holder_pid} (user {holder_user}, application_name 'lock-holder';" in str(
+        timeout.value
+    )
+    assert "hidden from this role" in str(timeout.value)
 
 
 def test_migrate_waits_for_a_holder_that_lets_go_within_the_timeout(database_url, lock_holder):

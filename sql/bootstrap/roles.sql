@@ -30,6 +30,8 @@
 --     \c wallet
 --     REVOKE CREATE ON SCHEMA public FROM PUBLIC;
 -- and migrate as the owner: DATABASE_URL=postgresql://wallet_owner@HOST/wallet wallet migrate
+-- `wallet migrate` names the session holding its lock when it gives up waiting; to see the
+-- client address and times of another role's session too: GRANT pg_read_all_stats TO wallet_owner.
 -- A database migrated earlier by a superuser has its objects owned by that superuser: keep
 -- migrating it as that role, or give schemas wallet and procrastinate, their objects and
 -- yoyo's tables in public to wallet_owner (ALTER ... OWNER TO) first.
