@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from bench import BenchmarkFailed, http_bench, settlement_bench, sql_bench
+from bench import BenchmarkFailed, history_bench, http_bench, settlement_bench, sql_bench
 
 # Each suite prints its table, writes bench/results/<name>.json and raises BenchmarkFailed
 # when a run is not clean. The HTTP and delayed-deposit suites go here as they land.
@@ -13,6 +13,7 @@ SUITES: dict[str, Callable[[], None]] = {
     "sql": sql_bench.main,
     "http": http_bench.main,
     "settlement": settlement_bench.main,
+    "history": history_bench.main,
 }
 
 

@@ -11,6 +11,18 @@
 -- created_at. Locks nothing.
 -- At most 1000 rows a call (the API's pages are 1..500; it asks one more to see if a
 -- next page exists).
+--
+-- How a page stays index-backed, whatever the filters and however deep the cursor:
+-- entries_history_idx is (wallet_id, kind, created_at DESC, id DESC), and within one
+-- wallet entries are in the same order by created_at as by id (sql/posting.sql stamps
+-- them after the wallet lock). So for each kind (the one asked for, or every kind of
+-- wallet.transaction_kinds()) the page's candidates are the first p_limit rows of one
+-- index range: since <= created_at < until, and no later than the cursor's time
+-- (wallet.history_cursor_at). The newest p_limit of those candidates are joined to their
+-- transactions. Unposted deposits are read the same way, by kind, from
+-- transactions_unposted_history_idx (wallet_id, kind, history_seq DESC, created_at):
+-- their seq is the index order and the time bounds are checked inside the index.
+-- A page reads at most p_limit index rows per kind and part, plus the cursor lookup.
 -- Raises: WI400 invalid_request (limit outside 1..1000, unknown kind, since after until),
 --         WN404 not_found.
 CREATE OR REPLACE FUNCTION wallet.wallet_history(
@@ -37,20 +49,26 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_before bigint      := coalesce(p_before_seq, 9223372036854775807);
-    v_since  timestamptz := coalesce(p_since, '-infinity');
-    v_until  timestamptz := coalesce(p_until, 'infinity');
+    v_before    bigint      := coalesce(p_before_seq, 9223372036854775807);
+    v_since     timestamptz := coalesce(p_since, '-infinity');
+    v_until     timestamptz := coalesce(p_until, 'infinity');
+    v_kinds     text[]      := CASE WHEN p_kind IS NULL THEN wallet.transaction_kinds() ELSE ARRAY[p_kind] END;
+    v_cursor_at timestamptz := 'infinity';
 BEGIN
     IF p_limit IS NULL OR p_limit NOT BETWEEN 1 AND 1000 THEN
         RAISE EXCEPTION USING ERRCODE = 'WI400', MESSAGE = 'limit must be 1 to 1000';
     END IF;
-    IF p_kind IS NOT NULL AND p_kind NOT IN ('deposit', 'withdrawal', 'transfer') THEN
-        RAISE EXCEPTION USING ERRCODE = 'WI400', MESSAGE = 'kind must be deposit, withdrawal or transfer';
+    IF p_kind IS NOT NULL AND NOT p_kind = ANY (wallet.transaction_kinds()) THEN
+        RAISE EXCEPTION USING ERRCODE = 'WI400',
+            MESSAGE = format('kind must be one of %s', array_to_string(wallet.transaction_kinds(), ', '));
     END IF;
     IF v_since > v_until THEN
         RAISE EXCEPTION USING ERRCODE = 'WI400', MESSAGE = 'since must not be after until';
     END IF;
     PERFORM wallet.find_wallet(p_acting_owner_id, p_wallet_id);
+    IF p_before_seq IS NOT NULL THEN
+        v_cursor_at := wallet.history_cursor_at(p_wallet_id, p_before_seq);
+    END IF;
 
     RETURN QUERY
         SELECT item.*
@@ -58,31 +76,91 @@ BEGIN
             (SELECT e.id, e.transaction_id, t.kind::text, t.status::text, e.net_amount,
                     CASE WHEN e.wallet_id = t.to_wallet_id THEN 0 ELSE t.fee END::bigint,
                     e.balance_after, e.created_at, t.reference::text
-             FROM wallet.entries AS e
-             JOIN wallet.transactions AS t ON t.id = e.transaction_id
-             WHERE e.wallet_id = p_wallet_id
-               AND e.id < v_before
-               AND e.created_at >= v_since AND e.created_at < v_until
-               AND (p_kind IS NULL OR t.kind = p_kind)
-             ORDER BY e.id DESC
-             LIMIT p_limit)
+             FROM (SELECT newest.*
+                   FROM unnest(v_kinds) AS k (kind)
+                   CROSS JOIN LATERAL (
+                       SELECT e.id, e.transaction_id, e.wallet_id, e.net_amount, e.balance_after, e.created_at
+                       FROM wallet.entries AS e
+                       WHERE e.wallet_id = p_wallet_id
+                         AND e.kind = k.kind
+                         AND e.created_at >= v_since AND e.created_at < v_until
+                         AND e.created_at <= v_cursor_at
+                         AND e.id < v_before
+                       ORDER BY e.created_at DESC, e.id DESC
+                       LIMIT p_limit) AS newest
+                   ORDER BY newest.id DESC
+                   LIMIT p_limit) AS e
+             JOIN wallet.transactions AS t ON t.id = e.transaction_id)
             UNION ALL
             (SELECT t.history_seq, t.id, t.kind::text, t.status::text, (t.amount - t.fee)::bigint,
                     t.fee::bigint, NULL::bigint, t.created_at, t.reference::text
-             FROM wallet.transactions AS t
-             WHERE t.wallet_id = p_wallet_id
-               AND t.status <> 'posted'
-               AND t.history_seq < v_before
-               AND t.created_at >= v_since AND t.created_at < v_until
-               AND (p_kind IS NULL OR t.kind = p_kind)
-             ORDER BY t.history_seq DESC
-             LIMIT p_limit)
+             FROM unnest(v_kinds) AS k (kind)
+             CROSS JOIN LATERAL (
+                 SELECT t.*
+                 FROM wallet.transactions AS t
+                 WHERE t.wallet_id = p_wallet_id
+                   AND t.kind = k.kind
+                   AND t.status <> 'posted'
+                   AND t.history_seq < v_before
+                   AND t.created_at >= v_since AND t.created_at < v_until
+                 ORDER BY t.history_seq DESC
+                 LIMIT p_limit) AS t)
         ) AS item (seq, transaction_id, kind, status, amount, fee, balance_after, created_at, reference)
         ORDER BY item.seq DESC
         LIMIT p_limit;
 END
 $$;
 
+-- wallet.history_cursor_at: a time that no entry of p_wallet_id with an id below
+-- p_before_seq is later than, as close to the newest such entry as can be found by a
+-- few index probes: a page after that cursor reads the wallet's index ranges from there
+-- down (and keeps id < p_before_seq as the rule).
+-- The cursor is usually the last entry of the page before: its own time is the bound.
+-- Otherwise (the seq of an unposted deposit, or of one posted or canceled since the page
+-- was read) the entry drawn just before it in the ledger, whatever its wallet, gives a
+-- first guess; the guess is then moved past this wallet's entries that were drawn before
+-- the cursor but stamped after the guess (posted concurrently with that entry): a few
+-- rows per kind, stopping at the first one drawn after the cursor. Returns -infinity
+-- when no entry precedes the cursor. Locks nothing.
+CREATE OR REPLACE FUNCTION wallet.history_cursor_at(p_wallet_id uuid, p_before_seq bigint)
+RETURNS timestamptz
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    v_nearest  record;
+    v_entry    record;
+    v_kind     text;
+    v_cursor_at timestamptz;
+BEGIN
+    SELECT e.wallet_id, e.created_at INTO v_nearest
+    FROM wallet.entries AS e
+    WHERE e.id <= p_before_seq
+    ORDER BY e.id DESC
+    LIMIT 1;
+    IF NOT FOUND THEN
+        RETURN '-infinity';
+    END IF;
+    IF v_nearest.wallet_id IS NOT DISTINCT FROM p_wallet_id THEN
+        RETURN v_nearest.created_at;
+    END IF;
+
+    v_cursor_at := v_nearest.created_at;
+    FOREACH v_kind IN ARRAY wallet.transaction_kinds() LOOP
+        FOR v_entry IN
+            SELECT e.id, e.created_at
+            FROM wallet.entries AS e
+            WHERE e.wallet_id = p_wallet_id AND e.kind = v_kind AND e.created_at > v_nearest.created_at
+            ORDER BY e.created_at, e.id
+        LOOP
+            EXIT WHEN v_entry.id >= p_before_seq;
+            v_cursor_at := greatest(v_cursor_at, v_entry.created_at);
+        END LOOP;
+    END LOOP;
+    RETURN v_cursor_at;
+END
+$$;
+
 REVOKE ALL ON FUNCTION wallet.wallet_history(text, uuid, integer, bigint, text, timestamptz, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION wallet.history_cursor_at(uuid, bigint) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION wallet.wallet_history(text, uuid, integer, bigint, text, timestamptz, timestamptz)
     TO wallet_app, wallet_auditor;
