@@ -39,8 +39,10 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# Every suite, or some: `make bench SUITES="sql history"` (see bench/README.md).
+SUITES ?=
 bench: install
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(SUITES)
 
 # Pin what `make install` resolves today into requirements.lock (commit the result).
 lock:
