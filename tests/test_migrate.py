@@ -23,7 +23,14 @@ from yoyo import get_backend, read_migrations
 import api.migrate
 from api.cli import EXIT_MIGRATION_LOCKED, build_parser
 from api.database import with_database
-from api.migrate import MIGRATION_LOCK_KEY, MIGRATIONS_DIR, MigrationLockTimeout, _yoyo_url, migrate
+from api.migrate import (
+    MIGRATION_LOCK_KEY,
+    MIGRATIONS_DIR,
+    MigrationLockTimeout,
+    _yoyo_url,
+    acquire_migration_lock,
+    migrate,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 BOOTSTRAP_ROLES = ROOT / "sql" / "bootstrap" / "roles.sql"
@@ -314,6 +321,20 @@ def test_migrate_waits_for_a_holder_that_lets_go_within_the_timeout(database_url
 
     assert applied == []
     assert time.monotonic() - started >= 1.0
+
+
+def test_the_lock_outlives_its_transaction_and_the_timeout_does_not(database_url):
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        acquire_migration_lock(connection, 5)
+
+        held = connection.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid = pg_backend_pid()"
+            "   AND classid = %s::oid AND objid = %s::oid AND objsubid = 1",
+            (MIGRATION_LOCK_KEY >> 32, MIGRATION_LOCK_KEY & 0xFFFFFFFF),
+        ).fetchone()[0]
+        lock_timeout = connection.execute("SHOW lock_timeout").fetchone()[0]
+
+    assert (held, lock_timeout) == (1, "0")
 
 
 def test_the_lock_timeout_is_a_bounded_number_of_seconds():
