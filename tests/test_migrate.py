@@ -187,6 +187,13 @@ def test_the_bootstrap_is_idempotent_and_two_runs_at_once_both_succeed(postgres_
     ]
 
 
+def test_migrate_never_reapplies_the_bootstrap():
+    # The owner may not create roles: a sql/ file that did would fail every `wallet migrate`.
+    assert BOOTSTRAP_ROLES.exists()
+    assert BOOTSTRAP_ROLES not in api.migrate.sql_files()
+    assert all(path.parent == api.migrate.SQL_DIR for path in api.migrate.sql_files())
+
+
 def test_the_bootstrap_holds_no_password():
     statements = "\n".join(
         line for line in BOOTSTRAP_ROLES.read_text().splitlines() if not line.lstrip().startswith("--")
