@@ -108,7 +108,7 @@ def _describe_holder(pid, user, application, address, port, connected_at, state,
     if connected_at is None:
         return f"{who}; its client and times are hidden from this role, which pg_read_all_stats would show)"
     client = "a local socket" if address is None else f"{address}:{port}"
-    state_text = "" if state is None else f", {state} since {state_since.isoformat(timespec='seconds')}"
+    state_text = "" if state_since is None else f", {state} since {state_since.isoformat(timespec='seconds')}"
     return (
         f"{who}, client {client}, connected since {connected_at.isoformat(timespec='seconds')}{state_text})"
     )

@@ -3,9 +3,10 @@
 --
 -- The settlement job lives in procrastinate's queue (schema procrastinate, which only the
 -- ledger's owner may write) and is enqueued in the same database transaction as the
--- deposit: no deposit without its job, no job without its deposit. Its queueing_lock ('settle-deposit:<id>') allows one waiting job
--- per deposit. No procrastinate `lock` is used: a job scheduled for the future would
--- block every later job with the same lock until its time.
+-- deposit: no deposit without its job, no job without its deposit. Its queueing_lock
+-- ('settle-deposit:<id>') allows one waiting job per deposit. No procrastinate `lock` is
+-- used: a job scheduled for the future would block every later job with the same lock
+-- until its time.
 
 -- wallet.enqueue_settlement: the procrastinate job that settles p_transaction_id at p_at.
 -- Returns the job id. procrastinate's functions (and its triggers) name their tables
