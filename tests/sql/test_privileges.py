@@ -154,6 +154,14 @@ def test_no_function_run_as_the_owner_searches_a_schema_others_may_write(db, pub
         "   AND NOT EXISTS (SELECT FROM unnest(p.proconfig) AS s WHERE s LIKE 'search_path=%%')",
         public_writable_by_all,
     )
+    # A name qualified with public resolves there whatever the search_path says.
+    naming_public = rows(
+        db,
+        "SELECT p.oid::regprocedure::text AS function FROM pg_proc AS p"
+        " WHERE p.pronamespace::regnamespace::text IN ('wallet', %s)"
+        "   AND p.prosrc ~* '\\mpublic\\s*\\.[a-z_\"]'",
+        public_writable_by_all,
+    )
     queue_callers = rows(
         db,
         "SELECT p.proname AS name, s AS search_path FROM pg_proc AS p, unnest(p.proconfig) AS s"
@@ -163,6 +171,7 @@ def test_no_function_run_as_the_owner_searches_a_schema_others_may_write(db, pub
 
     assert unsafe == []
     assert unpinned_definers == []
+    assert naming_public == []
     # The two helpers that call procrastinate's SQL, which names its tables unqualified.
     assert queue_callers == [
         {"name": name, "search_path": "search_path=pg_catalog, procrastinate, pg_temp"}
