@@ -25,7 +25,7 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 logger = logging.getLogger("wallet.api")
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
-RETRY_AFTER_SECONDS = "1"
+RETRY_AFTER_SECONDS = 1
 
 
 class Problem(msgspec.Struct, frozen=True):
@@ -49,6 +49,7 @@ LEDGER_ERRORS: dict[str, tuple[int, str]] = {
     "WW422": (422, "same_wallet"),
     "WB422": (422, "amount_below_fee"),
     "WL422": (422, "balance_limit_exceeded"),
+    "WT500": (500, "isolation_level_unsupported"),
 }
 
 TITLES = {
@@ -68,6 +69,8 @@ TITLES = {
     "amount_below_fee": "The amount does not cover the fee",
     "balance_limit_exceeded": "The wallet would exceed its maximum balance",
     "unavailable": "The service is unavailable; retry shortly",
+    "verify_timeout": "The ledger check did not finish in its time limit",
+    "isolation_level_unsupported": "A ledger function was called under an unsupported isolation level",
     "internal": "Internal error",
 }
 
@@ -99,11 +102,15 @@ UNAVAILABLE_EXCEPTIONS = (
 
 
 class ApiError(Exception):
-    """A client-facing failure raised by the API itself (not by the ledger)."""
+    """A client-facing failure raised by the API itself (not by the ledger). A 503 says when to
+    retry (Retry-After, in seconds)."""
 
-    def __init__(self, status: int, code: str, detail: str) -> None:
+    def __init__(
+        self, status: int, code: str, detail: str, retry_after_seconds: int = RETRY_AFTER_SECONDS
+    ) -> None:
         super().__init__(detail)
         self.status, self.code, self.detail = status, code, detail
+        self.retry_after_seconds = retry_after_seconds
 
 
 PROBLEM_CODES_BY_STATUS = {
@@ -151,12 +158,12 @@ def unavailable() -> Response:
         503,
         "unavailable",
         "the database cannot be reached; retry shortly",
-        headers={"Retry-After": RETRY_AFTER_SECONDS},
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
     )
 
 
 def handle_api_error(_: Request, error: ApiError) -> Response:
-    headers = {"Retry-After": RETRY_AFTER_SECONDS} if error.status == 503 else None
+    headers = {"Retry-After": str(error.retry_after_seconds)} if error.status == 503 else None
     return problem(error.status, error.code, error.detail, headers=headers)
 
 
@@ -191,7 +198,11 @@ def handle_http_exception(_: Request, error: HTTPException) -> Response:
     if status == 404:
         return problem(404, "not_found", "no such resource")
     if status == 405:
-        return problem(405, "method_not_allowed", "method not allowed on this resource")
+        # RFC 9110 15.5.6: a 405 lists the methods the resource supports (Litestar's router
+        # names them in the exception it raises).
+        allow = {name.lower(): value for name, value in (error.headers or {}).items()}.get("allow")
+        headers = {"Allow": allow} if allow else None
+        return problem(405, "method_not_allowed", "method not allowed on this resource", headers=headers)
     if status == 413:
         return problem(413, "payload_too_large", "the request body is too large")
     if status < 500:

@@ -35,3 +35,10 @@ def test_the_documented_table_is_the_mapping():
     documented = {sqlstate: (int(status), code) for sqlstate, code, status in rows}
     documented.pop("WR500")
     assert documented == LEDGER_ERRORS
+
+
+def test_every_code_the_api_answers_is_documented():
+    table = (ROOT / "docs/errors.md").read_text()
+    ledger_codes = re.findall(r"^\| `W[A-Z]\d{3}` \| `(\w+)` \| \d{3} \|", table, re.M)
+    api_codes = re.findall(r"^\| `(\w+)` \| \d{3} \|", table, re.M)
+    assert set(ledger_codes) | set(api_codes) == set(TITLES)
