@@ -33,6 +33,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     statement_cache_size: int
     max_body_bytes: int
     http_keep_alive_seconds: int
+    verify_timeout_seconds: int
     log_level: str
 
     @property
@@ -105,6 +106,8 @@ def load_settings() -> Settings:
         # balancers 60 s): the side that closes an idle connection first must be the client, or a
         # request sent as the server closes is lost to a connection reset.
         http_keep_alive_seconds=_int("WALLET_HTTP_KEEP_ALIVE_SECONDS", 75, 1, 3600),
+        # GET /v1/ledger/verify reads the whole ledger; past this it stops and answers 503.
+        verify_timeout_seconds=_int("WALLET_VERIFY_TIMEOUT_SECONDS", 60, 1, 3600),
         log_level=_choice("WALLET_LOG_LEVEL", "INFO", LOG_LEVELS),
     )
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Annotated
 from uuid import UUID
 
+import asyncpg
 from litestar import Controller, Response, get, post, put
+from litestar.datastructures import State
 from litestar.params import Parameter
 
-from api.errors import problem_responses
+from api.errors import ApiError, problem_responses
 from api.metrics import move_money
 from api.plumbing import Caller, Write, ok
 from api.schemas import (
@@ -68,15 +70,21 @@ class CommissionController(Controller):
         responses=problem_responses(),
     )
     async def list_rules(self, caller: Caller) -> CommissionRules:
-        """The rules in force: per operation a default and per-owner overrides."""
-        records = await caller.pool.fetch("SELECT * FROM wallet.commission_rules_in_force()")
+        """The rules in force: per operation a default and per-owner overrides; an owner's token
+        sees, per operation, the one rule that applies to its owner."""
+        if caller.owner_id is None:
+            records = await caller.pool.fetch("SELECT * FROM wallet.commission_rules_in_force()")
+        else:
+            records = await caller.pool.fetch(
+                "SELECT * FROM wallet.commission_rules_for_owner($1)", caller.owner_id
+            )
         return CommissionRules(items=[from_record(CommissionRule, record) for record in records])
 
     @put(
         "/{operation:str}",
         opt={"scope": "commissions:write"},
         operation_id="setCommissionRule",
-        responses=problem_responses(413),
+        responses=problem_responses(413, codes={403: "forbidden (an owner's token may set no rule)"}),
     )
     async def set_rule(
         self,
@@ -85,6 +93,8 @@ class CommissionController(Controller):
         caller: Caller,
     ) -> CommissionRule:
         """Put a rule in force for operations created from now on; the old rule stays in history."""
+        if caller.owner_id is not None:
+            raise ApiError(403, "forbidden", "commission rules are set by service tokens only")
         record = await caller.pool.fetchrow(
             "SELECT * FROM wallet.set_commission_rule($1, $2, $3, $4, $5, $6, $7)",
             caller.sub,
@@ -102,9 +112,33 @@ class LedgerController(Controller):
     path = "/v1/ledger"
     tags = ("ledger",)
 
-    @get("/verify", opt={"scope": "ledger:audit"}, operation_id="verifyLedger", responses=problem_responses())
-    async def verify(self, caller: Caller) -> LedgerReport:
+    @get(
+        "/verify",
+        opt={"scope": "ledger:audit"},
+        operation_id="verifyLedger",
+        responses=problem_responses(codes={503: "unavailable, verify_timeout (with Retry-After)"}),
+    )
+    async def verify(self, caller: Caller, state: State) -> LedgerReport:
         """Check the whole ledger; ok is true when no check finds a violation."""
-        records = await caller.pool.fetch("SELECT check_name, detail FROM wallet.verify_ledger()")
+        records = await _verify_ledger(caller.pool, state.settings.verify_timeout_seconds)
         violations = [from_record(Violation, record) for record in records]
         return LedgerReport(ok=not violations, violations=violations)
+
+
+async def _verify_ledger(pool: asyncpg.Pool, timeout_seconds: int) -> list[asyncpg.Record]:
+    """wallet.verify_ledger() as the auditor role (the API's own role may not run it), read-only,
+    within timeout_seconds: past it, 503 verify_timeout. SET LOCAL ends with the transaction, so
+    the connection goes back to the pool as it came."""
+    async with pool.acquire() as connection, connection.transaction(readonly=True):
+        await connection.execute(
+            f"SET LOCAL ROLE wallet_auditor; SET LOCAL statement_timeout = '{int(timeout_seconds)}s'"
+        )
+        try:
+            return await connection.fetch("SELECT check_name, detail FROM wallet.verify_ledger()")
+        except asyncpg.QueryCanceledError:
+            raise ApiError(
+                503,
+                "verify_timeout",
+                f"the ledger check did not finish within {timeout_seconds} s; retry later",
+                retry_after_seconds=timeout_seconds,
+            ) from None

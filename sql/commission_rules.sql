@@ -100,6 +100,22 @@ AS $$
     ORDER BY operation, owner_id NULLS FIRST, id DESC
 $$;
 
+-- wallet.commission_rules_for_owner: what an owner's token may read (SPEC 3 tenancy): per
+-- operation, the rule in force that applies to p_owner_id's operations: its own rule if it
+-- has one, else the default (owner_id NULL); no row for an operation without either. Never
+-- another owner's rule. The same choice as wallet.compute_fee. Locks nothing; raises nothing.
+CREATE OR REPLACE FUNCTION wallet.commission_rules_for_owner(p_owner_id text)
+RETURNS SETOF wallet.commission_rules
+LANGUAGE sql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT DISTINCT ON (operation) *
+    FROM wallet.commission_rules
+    WHERE owner_id = p_owner_id OR owner_id IS NULL
+    ORDER BY operation, owner_id IS NULL, id DESC
+$$;
+
 -- wallet.commission_rule_history: every rule ever set, newest first, optionally for one
 -- operation and one owner (p_owner_id NULL: all owners and the defaults).
 CREATE OR REPLACE FUNCTION wallet.commission_rule_history(
@@ -121,7 +137,9 @@ $$;
 REVOKE ALL ON FUNCTION wallet.compute_fee(text, text, bigint) FROM PUBLIC, wallet_app, wallet_auditor;
 REVOKE ALL ON FUNCTION wallet.set_commission_rule(text, text, text, integer, bigint, bigint, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION wallet.commission_rules_in_force() FROM PUBLIC;
+REVOKE ALL ON FUNCTION wallet.commission_rules_for_owner(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION wallet.commission_rule_history(text, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION wallet.set_commission_rule(text, text, text, integer, bigint, bigint, bigint) TO wallet_app;
 GRANT EXECUTE ON FUNCTION wallet.commission_rules_in_force() TO wallet_app, wallet_auditor;
+GRANT EXECUTE ON FUNCTION wallet.commission_rules_for_owner(text) TO wallet_app, wallet_auditor;
 GRANT EXECUTE ON FUNCTION wallet.commission_rule_history(text, text) TO wallet_app, wallet_auditor;

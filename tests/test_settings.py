@@ -33,6 +33,9 @@ def environment(monkeypatch):
         ("WALLET_JWT_LEEWAY_SECONDS", "-1"),
         ("WALLET_MAX_BODY_BYTES", "1"),
         ("WALLET_HTTP_KEEP_ALIVE_SECONDS", "0"),
+        ("WALLET_VERIFY_TIMEOUT_SECONDS", "0"),
+        ("WALLET_VERIFY_TIMEOUT_SECONDS", "3601"),
+        ("WALLET_VERIFY_TIMEOUT_SECONDS", "1.5"),
         ("WALLET_LOG_LEVEL", "chatty"),
     ],
 )
@@ -66,6 +69,7 @@ def test_an_invalid_worker_setting_is_refused_by_name(environment, name, value):
 def test_defaults_are_valid(environment):
     settings = load_settings()
     assert (settings.jwt_algorithm, settings.pool_max_size, settings.max_body_bytes) == ("HS256", 10, 65536)
+    assert settings.verify_timeout_seconds == 60
     assert load_worker_settings().settle_max_retries == 8
 
 
