@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test soak lint format bench lock clean pgbouncer
+.PHONY: install run test soak fuzz lint format bench lock clean pgbouncer
 
 install: $(STAMP)
 
@@ -30,6 +30,12 @@ pgbouncer:
 
 soak: install
 	$(BIN)/pytest -m soak
+
+# Schemathesis with every phase and check, as `make test` runs it, but longer and with a new
+# seed each time (the run prints it; WALLET_FUZZ_SEED=N replays one).
+fuzz: install
+	WALLET_FUZZ_EXAMPLES=$${WALLET_FUZZ_EXAMPLES:-300} WALLET_FUZZ_SEED=$${WALLET_FUZZ_SEED:-$$(date +%s)} \
+		$(BIN)/pytest tests/api/test_openapi_fuzz.py -k command_line
 
 lint: install
 	$(BIN)/ruff check .

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import msgspec
-from litestar import Litestar, Router
+from litestar import Litestar, Response, Router
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
@@ -17,12 +18,13 @@ from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 
 from api.auth import TokenVerifier, authorize
 from api.database import database_url
-from api.errors import EXCEPTION_HANDLERS
+from api.errors import EXCEPTION_HANDLERS, problem
 from api.logs import RequestLog, configure_logging
 from api.metrics import report_pool
 from api.movements import MovementController
-from api.plumbing import provide_caller, provide_write, strict_body
+from api.plumbing import before_request, provide_caller, provide_write
 from api.probes import healthz, readyz
+from api.schemas import RequestSchemaPlugin
 from api.settings import Settings, load_settings
 from api.transactions import CommissionController, LedgerController, TransactionController
 from api.wallets import WalletController
@@ -36,6 +38,25 @@ API_CONTROLLERS = [
 ]
 
 
+# timestamptz on the wire: microseconds since this instant (PostgreSQL's epoch).
+POSTGRES_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+ONE_MICROSECOND = timedelta(microseconds=1)
+POSTGRES_INFINITY, POSTGRES_MINUS_INFINITY = 2**63 - 1, -(2**63)
+
+
+def _encode_timestamptz(moment: datetime) -> tuple[int]:
+    return ((moment - POSTGRES_EPOCH) // ONE_MICROSECOND,)
+
+
+def _decode_timestamptz(value: tuple[int]) -> datetime:
+    (microseconds,) = value
+    if microseconds == POSTGRES_INFINITY:  # no column of ours holds one; never a naive value
+        return datetime.max.replace(tzinfo=UTC)
+    if microseconds == POSTGRES_MINUS_INFINITY:
+        return datetime.min.replace(tzinfo=UTC)
+    return POSTGRES_EPOCH + microseconds * ONE_MICROSECOND
+
+
 async def _init_connection(connection: asyncpg.Connection) -> None:
     await connection.set_type_codec(
         "jsonb",
@@ -43,12 +64,31 @@ async def _init_connection(connection: asyncpg.Connection) -> None:
         encoder=lambda value: msgspec.json.encode(value).decode(),
         decoder=msgspec.json.decode,
     )
+    # asyncpg's own codec sends datetime.min and datetime.max as -infinity and infinity, so
+    # `0001-01-01T00:00:00Z`, a valid past instant, would be stored as -infinity; this one
+    # sends every instant as itself (and reads without a naive value).
+    await connection.set_type_codec(
+        "timestamptz",
+        schema="pg_catalog",
+        encoder=_encode_timestamptz,
+        decoder=_decode_timestamptz,
+        format="tuple",
+    )
 
 
 async def _nothing_to_reset(connection: asyncpg.Connection) -> None:
     """A released connection holds no session state to undo: handlers make one function call
-    each (no SET, LISTEN, advisory lock or cursor), and asyncpg itself still rolls back an
-    open transaction. Its default reset would cost a round trip per request."""
+    each (no SET, LISTEN, advisory lock or cursor; the ledger check's SET LOCAL ends with its
+    transaction), and asyncpg itself still rolls back an open transaction. Its default reset
+    would cost a round trip per request."""
+
+
+async def _problem_for_no_page(response: Response) -> Response:
+    """Litestar answers a /schema/... path that names no page with an HTML 404; this API
+    answers every error with problem+json."""
+    if response.status_code == 404:
+        return problem(404, "not_found", "no such resource")
+    return response
 
 
 def create_asgi_app() -> RequestLog:
@@ -103,7 +143,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "caller": Provide(provide_caller, sync_to_thread=False),
             "write": Provide(provide_write),
         },
-        before_request=strict_body,
+        before_request=before_request,
+        plugins=[RequestSchemaPlugin()],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],
         middleware=[prometheus.middleware],
@@ -114,6 +155,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
             description="Merchant wallets in IRR: deposits, withdrawals, transfers, history, commission.",
             path="/schema",
             render_plugins=[SwaggerRenderPlugin(path="/")],
+            openapi_router=Router(
+                "/schema", route_handlers=[], include_in_schema=False, after_request=_problem_for_no_page
+            ),
             components=Components(
                 security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT")}
             ),

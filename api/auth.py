@@ -83,13 +83,28 @@ class TokenVerifier:
         except jwt.InvalidTokenError:
             raise NotAuthorizedException("the token is not valid") from None
         sub, scope, owner_id = claims.get("sub"), claims.get("scope", ""), claims.get("owner_id")
-        if not isinstance(sub, str) or not 1 <= len(sub) <= 255:
-            raise NotAuthorizedException("the token's sub must be a string of 1 to 255 characters")
+        if not _is_identifier(sub):
+            raise NotAuthorizedException("the token's sub must be 1 to 255 characters of valid Unicode")
         if not isinstance(scope, str):
             raise NotAuthorizedException("the token's scope must be a space-separated string")
-        if owner_id is not None and (not isinstance(owner_id, str) or not 1 <= len(owner_id) <= 255):
-            raise NotAuthorizedException("the token's owner_id must be a string of 1 to 255 characters")
-        return Principal(sub=sub, scopes=frozenset(scope.split()), owner_id=owner_id), float(claims["exp"])
+        if owner_id is not None and not _is_identifier(owner_id):
+            raise NotAuthorizedException("the token's owner_id must be 1 to 255 characters of valid Unicode")
+        # RFC 6749 3.3: scopes are separated by the space character only; a tab or a newline
+        # is part of a (then unknown) scope.
+        scopes = frozenset(name for name in scope.split(" ") if name)
+        return Principal(sub=sub, scopes=scopes, owner_id=owner_id), float(claims["exp"])
+
+
+def _is_identifier(value: object) -> bool:
+    """A claim the ledger can store as text: 1 to 255 characters of valid Unicode (JSON may
+    carry a lone surrogate such as \\ud800, which has no UTF-8 form) without NUL."""
+    if not isinstance(value, str) or not 1 <= len(value) <= 255 or "\x00" in value:
+        return False
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def bearer_token(connection: ASGIConnection) -> str:
@@ -105,6 +120,10 @@ def bearer_token(connection: ASGIConnection) -> str:
 async def authorize(connection: ASGIConnection, route_handler: BaseRouteHandler) -> None:
     """Guard: authenticate the bearer token and require the route's scope (opt['scope'])."""
     # async although it does no I/O: Litestar would run a plain def in a worker thread.
+    if connection.scope["method"] == "OPTIONS":
+        # Litestar's own answer (204, Allow): it names the methods and reads nothing, and a
+        # CORS preflight carries no credentials.
+        return
     verifier: TokenVerifier = connection.app.state.token_verifier
     principal = verifier.verify(bearer_token(connection))
     required = route_handler.opt["scope"]

@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import re
 import uuid
+from datetime import datetime
 from typing import Annotated, Any
 
 import asyncpg
 import msgspec
 from litestar import Request, Response
 from litestar.params import Parameter
+from litestar.routes import HTTPRoute
 
 from api.auth import Principal
 from api.errors import ApiError
+from api.schemas import AwareDateTime, is_utc_instant
 
-IDEMPOTENCY_KEY = re.compile(r"^[\x20-\x7e]{1,255}$")
+IDEMPOTENCY_KEY_PATTERN = r"^[\x20-\x7e]{1,255}$"  # 1 to 255 printable ASCII characters (SPEC 6)
+# A cursor is an 8-byte history position or a 16-byte wallet id in unpadded URL-safe base64.
+CURSOR_PATTERNS: dict[type, str] = {int: r"^[A-Za-z0-9_-]{11}$", uuid.UUID: r"^[A-Za-z0-9_-]{22}$"}
 
 
 class Caller:
@@ -35,9 +39,30 @@ def provide_caller(request: Request[Principal, Any, Any]) -> Caller:
     return Caller(request.app.state.pool, request.user)  # the auth guard put the principal there
 
 
+async def before_request(request: Request) -> Response | None:
+    """Before every handler: answer OPTIONS, or check the body strictly."""
+    if request.method == "OPTIONS":
+        return allowed_methods(request)
+    await strict_body(request)
+    return None
+
+
+def allowed_methods(request: Request) -> Response:
+    """OPTIONS: 204 with Allow naming every method of the resource. Litestar's own OPTIONS
+    handler names those of the route it was made with, and a route that gains a method (GET
+    and POST /v1/wallets) is rebuilt without it learning so."""
+    template = request.scope["path_template"]
+    methods = next(
+        route.methods
+        for route in request.app.routes
+        if isinstance(route, HTTPRoute) and route.path_format == template
+    )
+    return Response(None, status_code=204, headers={"Allow": ", ".join(sorted(methods))})
+
+
 async def strict_body(request: Request) -> None:
-    """before_request: decode the body strictly (Litestar's own parse coerces "10" and 10.0
-    into 10; a payments API must refuse both). Errors become 400 invalid_request."""
+    """Decode the body strictly (Litestar's own parse coerces "10" and 10.0 into 10; a payments
+    API must refuse both). Errors become 400 invalid_request."""
     data_field = request.route_handler.parsed_data_field
     if data_field is None:
         return
@@ -78,17 +103,17 @@ async def provide_write(
             header="Idempotency-Key",
             min_length=1,
             max_length=255,
+            pattern=IDEMPOTENCY_KEY_PATTERN,
             description="1 to 255 printable ASCII characters; a retry with the same key and request "
             "returns the first response (Idempotent-Replayed: true).",
         ),
     ] = None,
 ) -> Write:
-    """The Idempotency-Key header and a fingerprint of the request it must match."""
+    """The Idempotency-Key header (Litestar checks its pattern) and a fingerprint of the request
+    it must match."""
     key = idempotency_key
     if key is None:
         return Write(caller, None, None)
-    if not IDEMPOTENCY_KEY.match(key):
-        raise ApiError(400, "invalid_request", "Idempotency-Key must be 1 to 255 printable ASCII characters")
     digest = hashlib.sha256()
     digest.update(f"{request.method} {request.url.path}\n".encode())
     digest.update(await request.body())
@@ -117,12 +142,22 @@ def decode_cursor(cursor: str | None, kind: type[int] | type[uuid.UUID]) -> Any:
     """A cursor from encode_cursor, or 400 invalid_request."""
     if cursor is None:
         return None
+    if not re.match(CURSOR_PATTERNS[kind], cursor):
+        raise ApiError(400, "invalid_request", "the cursor is not valid")
+    raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+    return uuid.UUID(bytes=raw) if kind is uuid.UUID else int.from_bytes(raw, "big", signed=True)
+
+
+def decode_instant(text: str | None, name: str) -> datetime | None:
+    """An RFC 3339 date-time with an offset whose UTC value lies in the years 1 to 9999, or 400
+    invalid_request."""
+    if text is None:
+        return None
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-    except (binascii.Error, ValueError):
-        raw = b""
-    if kind is uuid.UUID and len(raw) == 16:
-        return uuid.UUID(bytes=raw)
-    if kind is int and len(raw) == 8:
-        return int.from_bytes(raw, "big", signed=True)
-    raise ApiError(400, "invalid_request", "the cursor is not valid")
+        moment = msgspec.convert(text, AwareDateTime, strict=True)
+    except msgspec.ValidationError:
+        moment = None
+    if moment is None or not is_utc_instant(moment):
+        detail = f"{name} must be an RFC 3339 date-time with an offset, in the years 1 to 9999 in UTC"
+        raise ApiError(400, "invalid_request", detail)
+    return moment

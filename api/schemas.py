@@ -5,10 +5,14 @@ Bounds are named once here; the ledger checks them again in SQL.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 from uuid import UUID
 
+import msgspec
+from litestar.openapi.spec import OpenAPIType, Schema
+from litestar.plugins import OpenAPISchemaPlugin
+from litestar.typing import FieldDefinition
 from msgspec import Meta, Struct
 
 MAX_AMOUNT = 10**15
@@ -16,17 +20,21 @@ MAX_FEE_SETTING = 10**15
 PAGE_LIMIT_MAX = 500
 PAGE_LIMIT_DEFAULT = 50
 
-Amount = Annotated[int, Meta(ge=1, le=MAX_AMOUNT, description="Rials, an integer from 1 to 10^15")]
+Amount = Annotated[
+    int, Meta(ge=1, le=MAX_AMOUNT, description="Rials: a JSON integer from 1 to 10^15 (not 10.0, not 1e3)")
+]
 OwnerId = Annotated[str, Meta(min_length=1, max_length=255)]
 Currency = Annotated[str, Meta(pattern="^[A-Z]{3}$", description="Three upper-case letters")]
 Reference = Annotated[str, Meta(min_length=1, max_length=255)]
 Metadata = Annotated[dict[str, Any], Meta(description="A JSON object of at most 4096 bytes")]
+AwareDateTime = Annotated[datetime, Meta(tz=True)]
 AvailableAt = Annotated[
     datetime,
     Meta(
         tz=True,
         description="RFC 3339 with an offset, at most 366 days ahead: the deposit is scheduled and "
-        "settles then. In the past or within a second: an instant deposit.",
+        "settles then. In the past or within a second: an instant deposit. Its UTC value must lie "
+        "in the years 1 to 9999.",
     ),
 ]
 Fee = Annotated[int, Meta(ge=0, le=MAX_FEE_SETTING)]
@@ -49,6 +57,10 @@ class DepositRequest(Request):
     available_at: AvailableAt | None = None
     reference: Reference | None = None
     metadata: Metadata = {}
+
+    def __post_init__(self) -> None:
+        if self.available_at is not None and not is_utc_instant(self.available_at):
+            raise ValueError("available_at must be a UTC instant in the years 1 to 9999")  # msgspec: 400
 
 
 class WithdrawalRequest(Request):
@@ -149,6 +161,52 @@ class LedgerReport(Struct, frozen=True):
     violations: list[Violation]
 
 
+def is_utc_instant(moment: datetime) -> bool:
+    """An aware date-time whose UTC value lies in the years 1 to 9999, the range of the API (and
+    of Python): `9999-12-31T23:59:59-14:00` is in the year 10000 in UTC."""
+    if moment.tzinfo is None:
+        return False
+    try:
+        moment.astimezone(UTC)
+    except OverflowError:
+        return False
+    return True
+
+
 def from_record(struct: type[StructT], record: Any) -> StructT:
     """A response Struct from a database row, taking the Struct's fields by name."""
     return struct(**{field: record[field] for field in struct.__struct_fields__})
+
+
+class RequestSchemaPlugin(OpenAPISchemaPlugin):
+    """The OpenAPI document describes each request body with msgspec's own JSON Schema of it:
+    exactly what the strict decoder accepts (no unknown property, every bound, an optional
+    field's bounds too), so the document is as strict as the server."""
+
+    def is_plugin_supported_field(self, field_definition: FieldDefinition) -> bool:
+        return not field_definition.is_union and field_definition.is_subclass_of(Request)
+
+    def to_openapi_schema(self, field_definition: FieldDefinition, schema_creator: Any) -> Schema:
+        (_,), components = msgspec.json.schema_components([field_definition.type_])
+        body = components[field_definition.type_.__name__]
+        schema = schema_creator.create_component_schema(
+            field_definition, required=sorted(body.get("required", [])), property_fields={}
+        )
+        schema.properties = {name: _openapi(value) for name, value in body["properties"].items()}
+        schema.additional_properties = body["additionalProperties"]
+        return schema
+
+
+def _openapi(json_schema: dict[str, Any]) -> Schema:
+    """A JSON Schema of msgspec as Litestar's Schema (keys named as its field aliases say)."""
+    aliases = Schema.field_aliases()
+    fields: dict[str, Any] = {}
+    for key, value in json_schema.items():
+        if key in ("anyOf", "oneOf", "allOf"):
+            value = [_openapi(item) for item in value]
+        elif key in ("items", "additionalProperties") and isinstance(value, dict):
+            value = _openapi(value)
+        elif key == "type":
+            value = OpenAPIType(value)
+        fields[aliases.get(key, key)] = value
+    return Schema(**fields)

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from litestar import Controller, Response, get, post
 from litestar.params import Parameter
 
 from api.errors import ApiError, problem_responses
-from api.plumbing import Caller, Write, created, decode_cursor, encode_cursor, ok
+from api.plumbing import (
+    CURSOR_PATTERNS,
+    Caller,
+    Write,
+    created,
+    decode_cursor,
+    decode_instant,
+    encode_cursor,
+    ok,
+)
 from api.schemas import (
     PAGE_LIMIT_DEFAULT,
     PAGE_LIMIT_MAX,
@@ -23,7 +31,23 @@ from api.schemas import (
 )
 
 Limit = Annotated[int, Parameter(ge=1, le=PAGE_LIMIT_MAX, description="Page size")]
-Cursor = Annotated[str | None, Parameter(max_length=64, description="next_cursor of the previous page")]
+WalletCursor = Annotated[
+    str | None, Parameter(pattern=CURSOR_PATTERNS[UUID], description="next_cursor of the previous page")
+]
+
+
+def time_bound(description: str) -> Any:
+    """A history bound: a string, parsed strictly by decode_instant (Litestar would take `0.5`
+    for a date-time, as a Unix time)."""
+    return Parameter(
+        description=f"RFC 3339 date-time with an offset, {description}; its UTC value in the years 1 to 9999",
+        schema_extra={"format": "date-time"},
+    )
+
+
+HistoryCursor = Annotated[
+    str | None, Parameter(pattern=CURSOR_PATTERNS[int], description="next_cursor of the previous page")
+]
 
 
 class WalletController(Controller):
@@ -71,7 +95,7 @@ class WalletController(Controller):
         caller: Caller,
         owner_id: Annotated[str | None, Parameter(min_length=1, max_length=255)] = None,
         limit: Limit = PAGE_LIMIT_DEFAULT,
-        cursor: Cursor = None,
+        cursor: WalletCursor = None,
     ) -> WalletPage:
         """List wallets, oldest first; an owner's token sees its own wallets only."""
         if caller.owner_id is not None:
@@ -132,14 +156,12 @@ class WalletController(Controller):
         wallet_id: UUID,
         caller: Caller,
         limit: Limit = PAGE_LIMIT_DEFAULT,
-        cursor: Cursor = None,
+        cursor: HistoryCursor = None,
         kind: Literal["deposit", "withdrawal", "transfer"] | None = None,
-        since: Annotated[datetime | None, Parameter(description="RFC 3339, inclusive")] = None,
-        until: Annotated[datetime | None, Parameter(description="RFC 3339, exclusive")] = None,
+        since: Annotated[str | None, time_bound(description="inclusive")] = None,
+        until: Annotated[str | None, time_bound(description="exclusive")] = None,
     ) -> HistoryPage:
         """A wallet's history, newest first; posted amounts sum to the balance."""
-        if any(moment is not None and moment.tzinfo is None for moment in (since, until)):
-            raise ApiError(400, "invalid_request", "since and until need a UTC offset (RFC 3339)")
         records = await caller.pool.fetch(
             "SELECT * FROM wallet.wallet_history($1, $2, $3, $4, $5, $6, $7)",
             caller.owner_id,
@@ -147,8 +169,8 @@ class WalletController(Controller):
             limit + 1,
             decode_cursor(cursor, int),
             kind,
-            since,
-            until,
+            decode_instant(since, "since"),
+            decode_instant(until, "until"),
         )
         items = [from_record(HistoryItem, record) for record in records[:limit]]
         next_cursor = encode_cursor(records[limit - 1]["seq"]) if len(records) > limit else None

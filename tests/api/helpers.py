@@ -52,6 +52,24 @@ HISTORY_ITEM_FIELDS = {
     "reference",
 }
 PAGE_FIELDS = {"items", "next_cursor"}
+# Every /v1 resource (SPEC 4) and the methods it has; {wallet}, {transaction} and {operation}
+# stand for its path parameters.
+V1_RESOURCES = {
+    "/v1/wallets": {"GET", "POST"},
+    "/v1/wallets/{wallet}": {"GET"},
+    "/v1/wallets/{wallet}/freeze": {"POST"},
+    "/v1/wallets/{wallet}/unfreeze": {"POST"},
+    "/v1/wallets/{wallet}/close": {"POST"},
+    "/v1/wallets/{wallet}/deposits": {"POST"},
+    "/v1/wallets/{wallet}/withdrawals": {"POST"},
+    "/v1/wallets/{wallet}/transactions": {"GET"},
+    "/v1/transfers": {"POST"},
+    "/v1/transactions/{transaction}": {"GET"},
+    "/v1/transactions/{transaction}/cancel": {"POST"},
+    "/v1/commission-rules": {"GET"},
+    "/v1/commission-rules/{operation}": {"PUT"},
+    "/v1/ledger/verify": {"GET"},
+}
 
 
 def unique(prefix: str = "owner") -> str:
@@ -62,12 +80,25 @@ def unique(prefix: str = "owner") -> str:
 def assert_clean(response: httpx.Response) -> None:
     """Client input never causes a 5xx, and no response says anything about the inside."""
     assert response.status_code < 500, (response.status_code, response.text)
+    assert_no_leak(response)
+
+
+def assert_no_leak(response: httpx.Response) -> None:
     for leak in LEAKS:
         assert leak not in response.text, (leak, response.text)
 
 
 def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    """An application/problem+json error with exactly the SPEC 7 fields; returns the body."""
+    """An application/problem+json error with exactly the SPEC 7 fields, for client input (never
+    a 5xx); returns the body."""
+    body = assert_problem_shape(response, status, code)
+    assert_clean(response)
+    return body
+
+
+def assert_problem_shape(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """An application/problem+json error with exactly the SPEC 7 fields, saying nothing about
+    the inside; returns the body."""
     assert response.status_code == status, (response.status_code, response.text)
     assert response.headers["content-type"].split(";")[0].strip() == "application/problem+json"
     body = response.json()
@@ -75,8 +106,13 @@ def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str
     assert body["status"] == status
     assert body["code"] == code, body
     assert all(isinstance(body[field], str) and body[field] for field in ("type", "title", "detail", "code"))
-    assert_clean(response)
+    assert_no_leak(response)
     return body
+
+
+def allowed(response: httpx.Response) -> set[str]:
+    """The methods an Allow header names."""
+    return {method.strip() for method in response.headers.get("allow", "").split(",") if method.strip()}
 
 
 def assert_unauthenticated(response: httpx.Response) -> None:
