@@ -142,7 +142,7 @@ def decode_cursor(cursor: str | None, kind: type[int] | type[uuid.UUID]) -> Any:
     """A cursor from encode_cursor, or 400 invalid_request."""
     if cursor is None:
         return None
-    if not re.match(CURSOR_PATTERNS[kind], cursor):
+    if not re.fullmatch(CURSOR_PATTERNS[kind], cursor):  # `$` alone would let a final newline by
         raise ApiError(400, "invalid_request", "the cursor is not valid")
     raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
     return uuid.UUID(bytes=raw) if kind is uuid.UUID else int.from_bytes(raw, "big", signed=True)

@@ -181,9 +181,9 @@ def test_cursors_and_time_bounds_state_their_shape(document):
         assert parameter(document, "walletHistory", bound)["format"] == "date-time"
 
 
-@pytest.mark.parametrize("cursor", ["AAAAAAAAAA+", "AAAAAAAAAAA=", "AAAAAAAAAAAA"])
+@pytest.mark.parametrize("cursor", ["AAAAAAAAAA+", "AAAAAAAAAAA=", "AAAAAAAAAAAA", "AAAAAAAAAAA\n"])
 def test_a_cursor_outside_its_pattern_is_400(service, wallet_id, cursor):
-    """`+` is not URL-safe base64, and Python's decoder would skip it."""
+    """`+` is not URL-safe base64 and a newline no base64 at all, yet Python's decoder reads both."""
     response = service.get(f"/v1/wallets/{wallet_id}/transactions", params={"cursor": cursor})
 
     assert_problem(response, 400, "invalid_request")
