@@ -374,6 +374,9 @@ def main(argv: list[str] | None = None) -> int:
     except (DatabaseNotConfigured, SettingsError) as error:
         print(f"wallet: {error}", file=sys.stderr)
         return 2
+    except MigrationLockTimeout as error:  # `wallet run` migrates before it starts anything
+        print(f"wallet: {error}", file=sys.stderr)
+        return EXIT_MIGRATION_LOCKED
 
 
 if __name__ == "__main__":

@@ -570,12 +570,13 @@ def test_every_function_in_schema_wallet_is_defined_in_sql_or_migrations(db):
 
 
 @pytest.fixture
-def empty_database_url(postgres_url: str) -> Iterator[str]:
-    """A database with nothing in it, as `wallet migrate` meets it on a new install."""
+def empty_database_url(postgres_url: str, owner_url: str) -> Iterator[str]:
+    """A database with nothing in it, as `wallet migrate` meets it on a new install: owned by
+    the ledger's owner, who migrates it (as the template was)."""
     name = f"wallet_empty_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(postgres_url, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
-    yield with_database(postgres_url, name)
+        connection.execute(f'CREATE DATABASE "{name}" OWNER wallet_owner')
+    yield with_database(owner_url, name)
     with psycopg.connect(postgres_url, autocommit=True) as connection:
         connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
