@@ -187,6 +187,17 @@ def test_the_bootstrap_is_idempotent_and_two_runs_at_once_both_succeed(postgres_
     ]
 
 
+def test_the_auditor_login_has_a_statement_timeout(postgres_url):
+    """The audits read the whole ledger (issue 9, item 5); a function cannot bound itself."""
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        settings = connection.execute(
+            "SELECT setconfig FROM pg_db_role_setting"
+            " WHERE setrole = 'wallet_audit'::regrole AND setdatabase = 0"
+        ).fetchone()
+
+    assert settings is not None and "statement_timeout=15min" in settings[0]
+
+
 def test_migrate_never_reapplies_the_bootstrap():
     # The owner may not create roles: a sql/ file that did would fail every `wallet migrate`.
     assert BOOTSTRAP_ROLES.exists()

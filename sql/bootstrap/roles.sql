@@ -16,7 +16,8 @@
 --   wallet_api      LOGIN, member of wallet_app and wallet_auditor (the API's
 --                   /v1/ledger/verify runs as wallet_auditor: SET LOCAL ROLE).
 --   wallet_worker   LOGIN, member of wallet_app (`wallet worker`).
---   wallet_audit    LOGIN, member of wallet_auditor (`wallet verify`, a DBA, a tool).
+--   wallet_audit    LOGIN, member of wallet_auditor (`wallet verify`, a DBA, a tool);
+--                   statement_timeout 15min unless its session sets another.
 --
 -- No passwords here. Set each login's from psql, which hashes it before sending it, so it
 -- reaches neither the server log nor the shell history:
@@ -90,5 +91,15 @@ BEGIN
             NULL;  -- granted meanwhile
         END;
     END LOOP;
+
+    -- The audits read the whole ledger; PostgreSQL ignores a statement_timeout set on a
+    -- function, so the auditor's login brings one (a session may still SET a longer one).
+    IF NOT EXISTS (
+        SELECT FROM pg_catalog.pg_db_role_setting AS s
+        WHERE s.setrole = 'wallet_audit'::regrole AND s.setdatabase = 0
+          AND 'statement_timeout=15min' = ANY (s.setconfig))
+    THEN
+        ALTER ROLE wallet_audit SET statement_timeout = '15min';
+    END IF;
 END
 $bootstrap$;
