@@ -84,14 +84,14 @@ CREATE TRIGGER checkpoint_heads_no_truncate
 -- The hash helpers, first version (sql/chain.sql has their headers).
 CREATE FUNCTION wallet.epoch_us(p_at timestamptz)
 RETURNS bigint
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
     SELECT (date_part('epoch', p_at) * 1000000)::bigint
 $$;
 
 CREATE FUNCTION wallet.chain_genesis(p_wallet_id uuid, p_owner_id text, p_currency text, p_created_at timestamptz)
 RETURNS bytea
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
     SELECT sha256(convert_to(ROW('wallet/v1', p_wallet_id, p_owner_id, p_currency, wallet.epoch_us(p_created_at))::text, 'UTF8'))
 $$;
@@ -104,7 +104,7 @@ CREATE FUNCTION wallet.expected_legs(
     p_amount         bigint,
     p_fee            bigint
 ) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
     SELECT CASE p_kind
         WHEN 'deposit' THEN
@@ -125,7 +125,7 @@ $$;
 
 CREATE FUNCTION wallet.transaction_digest(p_transaction wallet.transactions, p_legs text)
 RETURNS bytea
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
     SELECT sha256(convert_to(
         ROW('transaction/v1', p_transaction.id, p_transaction.kind, p_transaction.wallet_id,
@@ -143,14 +143,14 @@ CREATE FUNCTION wallet.chain_link(
     p_after    bigint,
     p_event    text
 ) RETURNS bytea
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
     SELECT sha256(p_previous || p_digest || int8send(p_version) || int8send(p_after) || convert_to(p_event, 'UTF8'))
 $$;
 
 CREATE FUNCTION wallet.rule_digest(p_rule wallet.commission_rules)
 RETURNS bytea
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
     SELECT sha256(convert_to(
         ROW('rule/v1', p_rule.id, p_rule.operation, p_rule.owner_id, p_rule.rate_bps, p_rule.fixed,
@@ -160,7 +160,7 @@ $$;
 
 CREATE FUNCTION wallet.rule_chain_genesis()
 RETURNS bytea
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
     SELECT sha256(convert_to('commission_rules/v1', 'UTF8'))
 $$;

@@ -25,11 +25,17 @@
 -- digest does not depend on the session's TimeZone or DateStyle. All helpers here are
 -- internal: owner-only, called inside the ledger's SECURITY DEFINER functions, whose
 -- search_path is pinned (see posting.sql).
+--
+-- The hash helpers are SQL functions declared STABLE, not IMMUTABLE: their bodies call
+-- functions PostgreSQL rates STABLE (uuid || text, a row's text, date_part of a timestamptz),
+-- and PostgreSQL inlines a SQL function into its caller's plan, which PL/pgSQL keeps for the
+-- session, only when it claims no less than its body. Declared IMMUTABLE, each call was
+-- planned anew: 0.3 ms of a transfer's 0.6.
 
 -- wallet.epoch_us: a timestamp as Unix microseconds (NULL stays NULL).
 CREATE OR REPLACE FUNCTION wallet.epoch_us(p_at timestamptz)
 RETURNS bigint
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
     SELECT (date_part('epoch', p_at) * 1000000)::bigint
 $$;
@@ -37,7 +43,7 @@ $$;
 -- wallet.chain_genesis: the head of a wallet with no links.
 CREATE OR REPLACE FUNCTION wallet.chain_genesis(p_wallet_id uuid, p_owner_id text, p_currency text, p_created_at timestamptz)
 RETURNS bytea
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
     SELECT sha256(convert_to(ROW('wallet/v1', p_wallet_id, p_owner_id, p_currency, wallet.epoch_us(p_created_at))::text, 'UTF8'))
 $$;
@@ -54,7 +60,7 @@ CREATE OR REPLACE FUNCTION wallet.expected_legs(
     p_amount         bigint,
     p_fee            bigint
 ) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
     SELECT CASE p_kind
         WHEN 'deposit' THEN
@@ -78,7 +84,7 @@ $$;
 -- history_seq) are not in it: the event of each link says what happened.
 CREATE OR REPLACE FUNCTION wallet.transaction_digest(p_transaction wallet.transactions, p_legs text)
 RETURNS bytea
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
     SELECT sha256(convert_to(
         ROW('transaction/v1', p_transaction.id, p_transaction.kind, p_transaction.wallet_id,
@@ -98,7 +104,7 @@ CREATE OR REPLACE FUNCTION wallet.chain_link(
     p_after    bigint,
     p_event    text
 ) RETURNS bytea
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
     SELECT sha256(p_previous || p_digest || int8send(p_version) || int8send(p_after) || convert_to(p_event, 'UTF8'))
 $$;
@@ -106,7 +112,7 @@ $$;
 -- wallet.rule_digest: SHA-256 of a commission rule's fields.
 CREATE OR REPLACE FUNCTION wallet.rule_digest(p_rule wallet.commission_rules)
 RETURNS bytea
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
     SELECT sha256(convert_to(
         ROW('rule/v1', p_rule.id, p_rule.operation, p_rule.owner_id, p_rule.rate_bps, p_rule.fixed,
@@ -117,7 +123,7 @@ $$;
 -- wallet.rule_chain_genesis: the head of the rule chain before its first rule.
 CREATE OR REPLACE FUNCTION wallet.rule_chain_genesis()
 RETURNS bytea
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
     SELECT sha256(convert_to('commission_rules/v1', 'UTF8'))
 $$;
