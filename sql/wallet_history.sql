@@ -19,10 +19,11 @@
 -- wallet.transaction_kinds()) the page's candidates are the first p_limit rows of one
 -- index range: since <= created_at < until, and no later than the cursor's time
 -- (wallet.history_cursor_at). The newest p_limit of those candidates are joined to their
--- transactions. Unposted deposits are read the same way, by kind, from
+-- transactions. Unposted deposits are read by kind too, newest seq first, from
 -- transactions_unposted_history_idx (wallet_id, kind, history_seq DESC, created_at):
--- their seq is the index order and the time bounds are checked inside the index.
--- A page reads at most p_limit index rows per kind and part, plus the cursor lookup.
+-- their created_at does not follow their seq (a cancellation draws a new seq), so with
+-- since/until the scan steps over the wallet's unposted deposits outside the bounds, but
+-- inside the index (a hundred or so per index page), never reading their rows.
 -- Raises: WI400 invalid_request (limit outside 1..1000, unknown kind, since after until),
 --         WN404 not_found.
 CREATE OR REPLACE FUNCTION wallet.wallet_history(
@@ -112,24 +113,25 @@ END
 $$;
 
 -- wallet.history_cursor_at: a time that no entry of p_wallet_id with an id below
--- p_before_seq is later than, as close to the newest such entry as can be found by a
--- few index probes: a page after that cursor reads the wallet's index ranges from there
--- down (and keeps id < p_before_seq as the rule).
+-- p_before_seq is later than, and as close to the newest such entry as a few index probes
+-- find: the page after that cursor reads the wallet's index ranges from that time down,
+-- with id < p_before_seq still the rule.
 -- The cursor is usually the last entry of the page before: its own time is the bound.
 -- Otherwise (the seq of an unposted deposit, or of one posted or canceled since the page
 -- was read) the entry drawn just before it in the ledger, whatever its wallet, gives a
--- first guess; the guess is then moved past this wallet's entries that were drawn before
--- the cursor but stamped after the guess (posted concurrently with that entry): a few
--- rows per kind, stopping at the first one drawn after the cursor. Returns -infinity
--- when no entry precedes the cursor. Locks nothing.
+-- first guess, which is then moved past this wallet's entries drawn before the cursor but
+-- stamped after the guess (posted concurrently with that entry, or while the wallet's
+-- time ran ahead of the clock): per kind, the entries after the guess up to the first
+-- one drawn after the cursor, usually none. Returns -infinity when no entry precedes the
+-- cursor. Locks nothing.
 CREATE OR REPLACE FUNCTION wallet.history_cursor_at(p_wallet_id uuid, p_before_seq bigint)
 RETURNS timestamptz
 LANGUAGE plpgsql STABLE
 AS $$
 DECLARE
-    v_nearest  record;
-    v_entry    record;
-    v_kind     text;
+    v_nearest   record;
+    v_entry     record;
+    v_kind      text;
     v_cursor_at timestamptz;
 BEGIN
     SELECT e.wallet_id, e.created_at INTO v_nearest
@@ -140,7 +142,7 @@ BEGIN
     IF NOT FOUND THEN
         RETURN '-infinity';
     END IF;
-    IF v_nearest.wallet_id IS NOT DISTINCT FROM p_wallet_id THEN
+    IF v_nearest.wallet_id = p_wallet_id THEN  -- NULL for a system leg
         RETURN v_nearest.created_at;
     END IF;
 
