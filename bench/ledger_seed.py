@@ -185,7 +185,7 @@ def seed_ledger(
 
     with psycopg.connect(url, autocommit=True) as connection:
         _settle_due_deposits(connection)
-        _top_up(connection, entries)
+        _top_up(connection, entries, hot_wallet_id, hot_entries)
         connection.execute("VACUUM (ANALYZE)")
         connection.execute("CHECKPOINT")
         counts = connection.execute(
@@ -287,14 +287,22 @@ def _settle_due_deposits(connection: psycopg.Connection) -> None:
         pass
 
 
-def _top_up(connection: psycopg.Connection, entries: int) -> None:
-    """The mix is random: a few more movements among all wallets when it fell short."""
-    while (count := connection.execute("SELECT count(*) FROM wallet.entries").fetchone()[0]) < entries:
-        missing = math.ceil((entries - count) / (ENTRIES_PER_MOVEMENT * POSTED_SHARE)) + 10
+def _top_up(connection: psycopg.Connection, entries: int, hot_wallet_id: str, hot_entries: int) -> None:
+    """The mix is random: a few more movements when the ledger or the hot wallet fell short."""
+    others = "(SELECT array_agg(wallet_id) FROM ledger_seed.wallets WHERE n > 1)"
+    while True:
+        count, hot_count = connection.execute(
+            "SELECT count(*), count(*) FILTER (WHERE wallet_id = %s) FROM wallet.entries", (hot_wallet_id,)
+        ).fetchone()
+        if count >= entries and hot_count >= hot_entries:
+            return
+        if hot_count < hot_entries:  # every one of these moves the hot wallet
+            missing, hot, share = hot_entries - hot_count, hot_wallet_id, 1.0
+        else:
+            missing, hot, share = math.ceil((entries - count) / ENTRIES_PER_MOVEMENT), None, 0.0
         connection.execute(
-            "SELECT ledger_seed.move((SELECT array_agg(wallet_id) FROM ledger_seed.wallets WHERE n > 1),"
-            " NULL, 0, %s, %s)",
-            (missing, count % 1000 / 1000),
+            f"SELECT ledger_seed.move({others}, %s, %s, %s, %s)",
+            (hot, share, math.ceil(missing / POSTED_SHARE) + 10, count % 1000 / 1000),
         )
 
 
