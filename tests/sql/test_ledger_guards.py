@@ -345,6 +345,7 @@ INTERNAL_HELPERS = {
     "epoch_us",
     "expected_legs",
     "fail_scheduled_deposit",
+    "history_cursor_at",
     "parse_checkpoint",
     "require_read_committed",
     "rule_chain_genesis",
