@@ -7,7 +7,9 @@
 -- They read every row they check: audits, not request-path calls. Only wallet_auditor
 -- may run them (the API's /v1/ledger/verify sets that role and a statement_timeout for
 -- the call; `wallet verify` sets a timeout too). PostgreSQL ignores a statement_timeout
--- set on a function, so the caller brings the time limit. Each returns one row
+-- set on a function, so the caller brings the time limit. They run with jit off: their
+-- queries look expensive enough for PostgreSQL to JIT-compile them, which took longer (about
+-- 3 s here) than verify_ledger_since needs for a day of activity. Each returns one row
 -- (check_name, detail) per violation and none when the ledger is sound. Locks nothing.
 
 -- wallet.verify_ledger: every way the ledger could be inconsistent or rewritten.
@@ -33,11 +35,17 @@ RETURNS TABLE (check_name text, detail text)
 LANGUAGE sql STABLE
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
     WITH legs AS (
+        -- One pass over the entries, grouped by transaction, for every per-transaction check.
         SELECT transaction_id,
                string_agg(coalesce(wallet_id::text, account) || ':' || net_amount, ','
-                          ORDER BY wallet_id NULLS LAST, account) AS legs
+                          ORDER BY wallet_id NULLS LAST, account) AS legs,
+               sum(net_amount) AS total,
+               coalesce(sum(net_amount) FILTER (WHERE account = 'revenue'), 0) AS revenue,
+               count(*) AS entry_count,
+               count(wallet_id) AS merchant_legs
         FROM wallet.entries
         GROUP BY transaction_id
     ),
@@ -57,38 +65,41 @@ AS $$
                row_number() OVER (PARTITION BY l.wallet_id ORDER BY l.chain_version DESC) = 1 AS newest
         FROM links AS l
         WINDOW by_version AS (PARTITION BY l.wallet_id ORDER BY l.chain_version)
+    ),
+    checked_transactions AS (
+        -- Each transaction beside its entries, with the digest its posting links must carry
+        -- (computed once, not once per wallet of a transfer).
+        SELECT coalesce(t.id, legs.transaction_id) AS id, t.status, t.fee,
+               legs.transaction_id IS NOT NULL AS has_entries,
+               legs.total, legs.revenue, legs.entry_count, legs.merchant_legs,
+               CASE WHEN legs.legs IS NOT NULL AND t.id IS NOT NULL
+                    THEN wallet.transaction_digest(t, legs.legs) END AS posted_digest
+        FROM wallet.transactions AS t
+        FULL JOIN legs ON legs.transaction_id = t.id
     )
-    SELECT 'transaction_unbalanced', format('transaction %s: entries sum to %s', transaction_id, sum(net_amount))
-    FROM wallet.entries
-    GROUP BY transaction_id
-    HAVING sum(net_amount) <> 0
+    SELECT 'transaction_unbalanced', format('transaction %s: entries sum to %s', id, total)
+    FROM checked_transactions
+    WHERE total <> 0
 
     UNION ALL
-    SELECT 'transaction_entries', format('transaction %s is %s with %s entries', t.id, t.status, count(e.id))
-    FROM wallet.transactions AS t
-    LEFT JOIN wallet.entries AS e ON e.transaction_id = t.id
-    GROUP BY t.id, t.status
-    HAVING (t.status = 'posted') <> (count(e.id) > 0)
+    SELECT 'transaction_entries', format('transaction %s is %s with %s entries', id, status, coalesce(entry_count, 0))
+    FROM checked_transactions
+    WHERE status IS NOT NULL AND (status = 'posted') <> has_entries
 
     UNION ALL
-    SELECT 'transaction_unchained', format('entry %s names transaction %s, which does not exist', e.id, e.transaction_id)
-    FROM wallet.entries AS e
-    WHERE NOT EXISTS (SELECT FROM wallet.transactions AS t WHERE t.id = e.transaction_id)
+    SELECT 'transaction_unchained', format('entries name transaction %s, which does not exist', id)
+    FROM checked_transactions
+    WHERE status IS NULL
 
     UNION ALL
-    SELECT 'transaction_unchained', format('transaction %s is posted but no wallet chain covers it', t.id)
-    FROM wallet.transactions AS t
-    WHERE t.status = 'posted'
-      AND NOT EXISTS (SELECT FROM wallet.entries AS e WHERE e.transaction_id = t.id AND e.wallet_id IS NOT NULL)
+    SELECT 'transaction_unchained', format('transaction %s is posted but no wallet chain covers it', id)
+    FROM checked_transactions
+    WHERE status = 'posted' AND has_entries AND merchant_legs = 0
 
     UNION ALL
-    SELECT 'revenue_differs_from_fee',
-           format('transaction %s: fee %s, revenue entries %s', t.id, t.fee, coalesce(revenue.total, 0))
-    FROM wallet.transactions AS t
-    LEFT JOIN (SELECT transaction_id, sum(net_amount) AS total
-               FROM wallet.entries WHERE account = 'revenue' GROUP BY transaction_id) AS revenue
-           ON revenue.transaction_id = t.id
-    WHERE t.status = 'posted' AND t.fee <> coalesce(revenue.total, 0)
+    SELECT 'revenue_differs_from_fee', format('transaction %s: fee %s, revenue entries %s', id, fee, coalesce(revenue, 0))
+    FROM checked_transactions
+    WHERE status = 'posted' AND fee <> coalesce(revenue, 0)
 
     UNION ALL
     SELECT 'balance_differs_from_entries',
@@ -129,14 +140,14 @@ AS $$
                   c.wallet_id, c.chain_version, c.event, ' of transaction ' || c.transaction_id)
     FROM chained AS c
     LEFT JOIN wallet.wallets AS w ON w.id = c.wallet_id
-    LEFT JOIN wallet.transactions AS t ON t.id = c.transaction_id
-    LEFT JOIN legs ON legs.transaction_id = c.transaction_id AND c.event = 'posted'
+    LEFT JOIN checked_transactions AS posted ON posted.id = c.transaction_id AND c.event = 'posted'
     WHERE c.chain_hash IS DISTINCT FROM wallet.chain_link(
               coalesce(c.previous_hash, wallet.chain_genesis(w.id, w.owner_id, w.currency, w.created_at)),
               CASE WHEN c.transaction_id IS NULL THEN sha256(convert_to(c.event, 'UTF8'))
-                   WHEN c.event = 'posted' THEN wallet.transaction_digest(t, legs.legs)
-                   ELSE wallet.transaction_digest(t, wallet.expected_legs(t.kind, t.wallet_id, t.from_wallet_id,
-                                                                          t.to_wallet_id, t.amount, t.fee)) END,
+                   WHEN c.event = 'posted' THEN posted.posted_digest
+                   ELSE (SELECT wallet.transaction_digest(t, wallet.expected_legs(t.kind, t.wallet_id, t.from_wallet_id,
+                                                                                  t.to_wallet_id, t.amount, t.fee))
+                         FROM wallet.transactions AS t WHERE t.id = c.transaction_id) END,
               c.chain_version, c.after, c.event)
 
     UNION ALL
@@ -265,6 +276,7 @@ RETURNS TABLE (check_name text, detail text)
 LANGUAGE plpgsql STABLE
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_kept       record := wallet.parse_checkpoint(p_checkpoint);
@@ -341,6 +353,7 @@ RETURNS TABLE (check_name text, detail text)
 LANGUAGE plpgsql STABLE
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     v_checkpoint wallet.checkpoints;
