@@ -324,5 +324,12 @@ CREATE VIEW wallet.system_account_balances AS
     WHERE account IS NOT NULL
     GROUP BY account, currency;
 
--- apply_to_wallet now takes the transaction's digest (sql/posting.sql).
+-- apply_to_wallet now takes the transaction's digest and returns the wallet's new link
+-- (sql/posting.sql).
 DROP FUNCTION IF EXISTS wallet.apply_to_wallet(uuid, bigint, bigint);
+CREATE TYPE wallet.wallet_link AS (
+    balance       bigint,
+    chain_version bigint,
+    chain_hash    bytea,
+    updated_at    timestamptz
+);

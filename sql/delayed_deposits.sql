@@ -48,7 +48,7 @@ LANGUAGE plpgsql
 AS $$
 DECLARE
     v_net_amount bigint := p_transaction.amount - p_transaction.fee;
-    v_after      wallet.wallets;
+    v_after      wallet.wallet_link;
 BEGIN
     UPDATE wallet.transactions SET status = 'posted', posted_at = now() WHERE id = p_transaction.id;
     v_after := wallet.apply_to_wallet(p_transaction.wallet_id, v_net_amount,

@@ -33,7 +33,7 @@ DECLARE
     v_transaction wallet.transactions;
     v_replay      jsonb;
     v_net_amount  bigint;
-    v_after       wallet.wallets;
+    v_after       wallet.wallet_link;
     v_scheduled   boolean := p_available_at > now() + interval '1 second';
 BEGIN
     PERFORM wallet.require_read_committed();

@@ -38,9 +38,9 @@ $$;
 
 -- wallet.apply_to_wallet: add p_net_amount to one wallet's balance (and p_pending_change
 -- to its pending, for a settling deposit), append the posting's link to the wallet's
--- hash chain (see chain.sql; p_digest is the transaction's digest), and return the wallet
--- row after. The caller then writes all the entries of its transaction in one INSERT,
--- with balance_before/after and the link from this row.
+-- hash chain (see chain.sql; p_digest is the transaction's digest), and return the
+-- wallet's balance, link and time after. The caller then writes all the entries of its
+-- transaction in one INSERT, with balance_before/after and the link.
 -- Locks: the wallet row, by the UPDATE itself, until the caller's transaction ends.
 -- Callers changing two wallets call this in wallet id order, so opposite transfers wait
 -- for each other instead of deadlocking.
@@ -56,10 +56,11 @@ CREATE OR REPLACE FUNCTION wallet.apply_to_wallet(
     p_net_amount     bigint,
     p_digest         bytea,
     p_pending_change bigint DEFAULT 0
-) RETURNS wallet.wallets
+) RETURNS wallet.wallet_link
 LANGUAGE plpgsql
 AS $$
 DECLARE
+    v_link   wallet.wallet_link;
     v_wallet wallet.wallets;
 BEGIN
     LOOP
@@ -72,7 +73,7 @@ BEGIN
         WHERE id = p_wallet_id
           AND status = 'active'
           AND balance + p_net_amount BETWEEN 0 AND 1000000000000000000
-        RETURNING * INTO v_wallet;
+        RETURNING balance, chain_version, chain_hash, updated_at INTO v_link;
         EXIT WHEN FOUND;
 
         -- Say why from the row locked as it is now: a freeze may have come and gone since the
@@ -91,7 +92,7 @@ BEGIN
                 DETAIL = format('wallet %s has %s available, %s needed', p_wallet_id, v_wallet.balance, -p_net_amount);
         END IF;
     END LOOP;
-    RETURN v_wallet;
+    RETURN v_link;
 END
 $$;
 

@@ -31,8 +31,8 @@ DECLARE
     v_to          wallet.wallets;
     v_debit       bigint;
     v_digest      bytea;
-    v_from_after  wallet.wallets;
-    v_to_after    wallet.wallets;
+    v_from_after  wallet.wallet_link;
+    v_to_after    wallet.wallet_link;
     v_transaction wallet.transactions;
     v_replay      jsonb;
 BEGIN

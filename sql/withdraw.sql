@@ -26,7 +26,7 @@ DECLARE
     v_transaction wallet.transactions;
     v_replay      jsonb;
     v_debit       bigint;
-    v_after       wallet.wallets;
+    v_after       wallet.wallet_link;
 BEGIN
     PERFORM wallet.require_read_committed();
     PERFORM wallet.check_movement_request(p_amount, p_reference, coalesce(p_metadata, '{}'));
