@@ -174,11 +174,12 @@ def test_check_constraints_reject_what_the_functions_would_refuse(db):
             " balance_before, balance_after, chain_version, chain_hash) VALUES"
             f" ('{transaction_id}', '{wallet_id}', 'IRR', 'deposit', -101, 100, -1, 2, sha256(''))"
         ),
-        "merchant entry without its chain link": (
+        "a chain hash that is no SHA-256": (
             "INSERT INTO wallet.entries (transaction_id, wallet_id, currency, kind, net_amount,"
-            f" balance_before, balance_after) VALUES ('{transaction_id}', '{wallet_id}', 'IRR', 'deposit',"
-            " 5, 100, 105)"
+            " balance_before, balance_after, chain_version, chain_hash) VALUES"
+            f" ('{transaction_id}', '{wallet_id}', 'IRR', 'deposit', 5, 100, 105, 2, 'short')"
         ),
+        "a wallet head that is no SHA-256": "UPDATE wallet.wallets SET chain_hash = 'short'",
         "entry whose balances do not add up": (
             "INSERT INTO wallet.entries (transaction_id, wallet_id, currency, kind, net_amount,"
             " balance_before, balance_after, chain_version, chain_hash) VALUES"
