@@ -131,6 +131,7 @@ def main() -> None:
             for name, draw in FILTERS.items()
             for page in ("first", "deep")
         ]
+        audit = measure_audits(connection, ledger.hot_wallet_id)
 
     report = {
         "machine": {
@@ -141,6 +142,7 @@ def main() -> None:
         "ledger": asdict(ledger),
         "reused_ledger": reused,
         "verify_ledger_seconds": verify_seconds,
+        "audits": audit,
         "page": PAGE,
         "calls": calls,
         "p99_target_ms": P99_TARGET_MS,
@@ -150,6 +152,56 @@ def main() -> None:
     RESULTS_FILE.parent.mkdir(exist_ok=True)
     RESULTS_FILE.write_text(json.dumps(report, indent=2) + "\n")
     print(f"  saved {RESULTS_FILE.relative_to(BENCH_DIR.parent)}")
+
+
+# A day of activity after a checkpoint, for wallet verify --since (issue 9, item 5).
+AUDIT_TRANSFERS = 10_000
+AUDIT_WALLETS = 2_000
+
+
+def measure_audits(connection: psycopg.Connection, hot_wallet_id: str) -> dict:
+    """Seconds of a full wallet.verify_ledger(), of a checkpoint, and of
+    wallet.verify_ledger_since() after AUDIT_TRANSFERS transfers among AUDIT_WALLETS wallets
+    (never the hot one, whose history the cases above read)."""
+
+    def timed(sql: str, *params) -> tuple[float, object]:
+        started = time.monotonic()
+        value = connection.execute(sql, params).fetchone()[0]
+        return round(time.monotonic() - started, 2), value
+
+    full, violations = timed("SELECT count(*) FROM wallet.verify_ledger()")
+    checkpoint, _ = timed("SELECT wallet.ledger_checkpoint()")
+    since_at = connection.execute("SELECT max(created_at) FROM wallet.checkpoints").fetchone()[0]
+    connection.execute(
+        f"""
+        DO $$
+        DECLARE
+            v_wallets uuid[] := (SELECT array_agg(id) FROM (SELECT id FROM wallet.wallets
+                                 WHERE id <> '{hot_wallet_id}' AND balance > 10000000
+                                 LIMIT {AUDIT_WALLETS}) AS w);
+            v_from int;
+        BEGIN
+            FOR i IN 1..{AUDIT_TRANSFERS} LOOP
+                v_from := 1 + (random() * (cardinality(v_wallets) - 1))::int;
+                PERFORM wallet.transfer('bench', NULL, NULL, NULL, v_wallets[v_from],
+                                        v_wallets[1 + v_from % cardinality(v_wallets)], 1000);
+            END LOOP;
+        END $$
+        """
+    )
+    since, since_violations = timed("SELECT count(*) FROM wallet.verify_ledger_since(%s)", since_at)
+    print(
+        f"  audits: verify_ledger() {full} s; ledger_checkpoint() {checkpoint} s; verify_ledger_since()"
+        f" after {AUDIT_TRANSFERS:,} transfers among {AUDIT_WALLETS:,} wallets {since} s"
+    )
+    if violations or since_violations:
+        raise BenchmarkFailed(f"the audits report {violations} and {since_violations} violation(s)")
+    return {
+        "verify_ledger_seconds": full,
+        "ledger_checkpoint_seconds": checkpoint,
+        "verify_ledger_since_seconds": since,
+        "transfers_since_checkpoint": AUDIT_TRANSFERS,
+    }
 
 
 def seeded_database() -> tuple[str, SeededLedger, bool]:
