@@ -27,9 +27,17 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from yoyo import get_backend, read_migrations
 
-ROOT = Path(__file__).resolve().parent.parent
-MIGRATIONS_DIR = ROOT / "migrations"
-SQL_DIR = ROOT / "sql"
+
+def _schema_folder(name: str) -> Path:
+    """migrations/ or sql/: inside the package in a wheel (pyproject.toml's force-include puts
+    them there), else at the top of the source tree, as an editable install sees them."""
+    package = Path(__file__).resolve().parent
+    packaged = package / "_schema" / name
+    return packaged if packaged.is_dir() else package.parent / name
+
+
+MIGRATIONS_DIR = _schema_folder("migrations")
+SQL_DIR = _schema_folder("sql")
 
 # pg_advisory_lock key: "wallet migrate" as a number, so DBAs can spot it in pg_locks
 # (locktype advisory, classid 0x7761, objid 0x6c6c6574, objsubid 1).
