@@ -675,14 +675,18 @@ def test_final_stage_runs_as_a_numeric_non_root_user_the_manifests_use():
     assert int(user) == IMAGE_UID and (not group or int(group) == IMAGE_UID)
 
 
-def test_image_keeps_migrations_and_sql_beside_the_code():
-    """api/migrate.py finds migrations/ and sql/ in the parent folder of api/."""
+def test_image_runs_the_wheel_it_built_not_the_source_tree():
+    """The build stage builds the wheel (it carries migrations/ and sql/, tests/test_wheel.py) and
+    installs it, pinned by requirements.lock, in /opt/venv; the final stage copies that alone."""
     build, final = _stages()[0], _stages()[-1]
     copied = {arguments.split()[0].rstrip("/") for instruction, arguments in build if instruction == "COPY"}
     assert {"api", "jobs", "sql", "migrations"} <= copied
-    workdir = [arguments for instruction, arguments in build if instruction == "WORKDIR"][-1]
+    runs = " ".join(arguments for instruction, arguments in build if instruction == "RUN")
+    assert re.search(r"pip wheel [^&;]*--no-deps", runs)
+    assert re.search(r"pip install -c requirements\.lock \S+\.whl", runs)
+    assert not re.search(r"pip install [^&;]*(-e|--editable) ", runs)
     copies_from_build = [arguments.split() for instruction, arguments in final if instruction == "COPY"]
-    assert [f"--from={build[0][1].split()[-1]}", workdir, workdir] in copies_from_build
+    assert copies_from_build == [[f"--from={build[0][1].split()[-1]}", "/opt/venv", "/opt/venv"]]
 
 
 def test_image_starts_wallet_serve_on_port_8000_and_never_writes_bytecode():
