@@ -18,8 +18,13 @@ $(STAMP): pyproject.toml requirements.lock
 run: install
 	$(BIN)/wallet run
 
+# pytest exits 5 when it collects no tests; make would report only its own status 2, so say why.
 test: install pgbouncer
-	$(BIN)/pytest
+	@status=0; $(BIN)/pytest || status=$$?; \
+	if [ "$$status" -eq 5 ]; then \
+		echo "make test: pytest collected no tests (exit 5); that is a failure, not a pass" >&2; \
+	fi; \
+	exit "$$status"
 
 # PgBouncer for its test (Debian's package); where it cannot be installed, that test skips.
 pgbouncer:
@@ -37,9 +42,13 @@ fuzz: install
 	WALLET_FUZZ_EXAMPLES=$${WALLET_FUZZ_EXAMPLES:-300} WALLET_FUZZ_SEED=$${WALLET_FUZZ_SEED:-$$(date +%s)} \
 		$(BIN)/pytest tests/api/test_openapi_fuzz.py -k command_line
 
+# Python (ruff), SQL (sqlfluff, configured in .sqlfluff) and the Kubernetes manifests (validated
+# in strict mode by kubernetes-validate, and the hardening asserted, in tests/deploy).
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/sqlfluff lint --disable-progress-bar sql migrations
+	$(BIN)/pytest -q -p no:cacheprovider tests/deploy
 
 format: install
 	$(BIN)/ruff check --fix .

@@ -28,4 +28,5 @@ END
 $$;
 
 -- Internal (see sql/posting.sql): the ledger's functions call it; nobody else may.
-REVOKE ALL ON FUNCTION wallet.commission_fee(bigint, integer, bigint, bigint, bigint) FROM PUBLIC, wallet_app, wallet_auditor;
+REVOKE ALL ON FUNCTION wallet.commission_fee(bigint, integer, bigint, bigint, bigint)
+    FROM PUBLIC, wallet_app, wallet_auditor;
