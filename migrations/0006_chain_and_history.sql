@@ -145,11 +145,13 @@ CREATE FUNCTION wallet.chain_link(
     p_digest   bytea,
     p_version  bigint,
     p_after    bigint,
-    p_event    text
+    p_event    text,
+    p_at       timestamptz
 ) RETURNS bytea
 LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
-    SELECT sha256(p_previous || p_digest || int8send(p_version) || int8send(p_after) || convert_to(p_event, 'UTF8'))
+    SELECT sha256(p_previous || p_digest || int8send(p_version) || int8send(p_after)
+                  || int8send(wallet.epoch_us(p_at)) || convert_to(p_event, 'UTF8'))
 $$;
 
 CREATE FUNCTION wallet.rule_digest(p_rule wallet.commission_rules)
@@ -180,7 +182,7 @@ BEGIN
     LOCK TABLE wallet.commission_rules IN SHARE ROW EXCLUSIVE MODE;
     SELECT chain_hash INTO v_previous FROM wallet.commission_rules ORDER BY id DESC LIMIT 1;
     NEW.chain_hash := wallet.chain_link(coalesce(v_previous, wallet.rule_chain_genesis()),
-                                        wallet.rule_digest(NEW), 0, 0, 'rule');
+                                        wallet.rule_digest(NEW), 0, 0, 'rule', NEW.created_at);
     RETURN NEW;
 END
 $$;
@@ -189,7 +191,7 @@ REVOKE ALL ON FUNCTION wallet.epoch_us(timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION wallet.chain_genesis(uuid, text, text, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION wallet.expected_legs(text, uuid, uuid, uuid, bigint, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION wallet.transaction_digest(wallet.transactions, text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION wallet.chain_link(bytea, bytea, bigint, bigint, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION wallet.chain_link(bytea, bytea, bigint, bigint, text, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION wallet.rule_digest(wallet.commission_rules) FROM PUBLIC;
 REVOKE ALL ON FUNCTION wallet.rule_chain_genesis() FROM PUBLIC;
 REVOKE ALL ON FUNCTION wallet.chain_commission_rule() FROM PUBLIC;
@@ -243,30 +245,29 @@ BEGIN
             v_version := v_version + 1;
             v_event := CASE WHEN v_link.entry_id IS NOT NULL THEN 'posted'
                             ELSE 'deposit_' || (v_link.transaction).status END;
+            -- Links are in time order too (entries were made so above; status links follow).
+            v_link_at := greatest(v_link_at, v_link.created_at);
+            v_last_at := CASE WHEN v_link.entry_id IS NOT NULL THEN v_link.created_at ELSE v_link_at END;
             v_head := wallet.chain_link(
                 v_head,
                 wallet.transaction_digest(v_link.transaction,
                     wallet.expected_legs((v_link.transaction).kind, (v_link.transaction).wallet_id,
                                          (v_link.transaction).from_wallet_id, (v_link.transaction).to_wallet_id,
                                          (v_link.transaction).amount, (v_link.transaction).fee)),
-                v_version, v_link.after, v_event);
-            -- Links are in time order too (entries were made so above; status links follow).
-            v_link_at := greatest(v_link_at, v_link.created_at);
+                v_version, v_link.after, v_event, v_last_at);
             IF v_link.entry_id IS NOT NULL THEN
                 UPDATE wallet.entries SET chain_version = v_version, chain_hash = v_head WHERE id = v_link.entry_id;
-                v_last_at := v_link.created_at;
             ELSE
-                v_last_at := v_link_at;
                 INSERT INTO wallet.status_changes (wallet_id, chain_version, event, transaction_id, pending_after,
                                                    created_at, chain_hash)
-                VALUES (v_wallet.id, v_version, v_event, (v_link.transaction).id, v_link.after, v_link_at, v_head);
+                VALUES (v_wallet.id, v_version, v_event, (v_link.transaction).id, v_link.after, v_last_at, v_head);
             END IF;
         END LOOP;
         IF v_wallet.status <> 'active' THEN
             v_version := v_version + 1;
-            v_head := wallet.chain_link(v_head, sha256(convert_to('wallet_' || v_wallet.status, 'UTF8')),
-                                        v_version, 0, 'wallet_' || v_wallet.status);
             v_last_at := greatest(v_link_at, v_wallet.updated_at);
+            v_head := wallet.chain_link(v_head, sha256(convert_to('wallet_' || v_wallet.status, 'UTF8')),
+                                        v_version, 0, 'wallet_' || v_wallet.status, v_last_at);
             INSERT INTO wallet.status_changes (wallet_id, chain_version, event, pending_after, created_at, chain_hash)
             VALUES (v_wallet.id, v_version, 'wallet_' || v_wallet.status, 0, v_last_at, v_head);
         END IF;
@@ -284,7 +285,7 @@ DECLARE
     v_head bytea := wallet.rule_chain_genesis();
 BEGIN
     FOR v_rule IN SELECT * FROM wallet.commission_rules ORDER BY id LOOP
-        v_head := wallet.chain_link(v_head, wallet.rule_digest(v_rule), 0, 0, 'rule');
+        v_head := wallet.chain_link(v_head, wallet.rule_digest(v_rule), 0, 0, 'rule', v_rule.created_at);
         UPDATE wallet.commission_rules SET chain_hash = v_head WHERE id = v_rule.id;
     END LOOP;
 END

@@ -12,7 +12,7 @@
 --     frozen, unfrozen or closed): one row of wallet.status_changes.
 -- Commission rules form one chain of their own (commission_rules.chain_hash), in id order.
 --
---   link = sha256(previous head || transaction digest || version || amount after || event)
+--   link = sha256(previous head || transaction digest || version || amount after || time || event)
 --
 -- wallet.verify_ledger() recomputes every link from the rows as they are now, so an edit
 -- of a posted fact shows as a broken link. Someone who can also rewrite the hashes (a
@@ -96,17 +96,21 @@ AS $$
 $$;
 
 -- wallet.chain_link: the head after appending one link to p_previous. p_after is the
--- balance after a posting, the pending after a deposit's status change, 0 otherwise.
+-- balance after a posting, the pending after a deposit's status change, 0 otherwise; p_at
+-- is when the link was made (the entry's or status change's created_at), so a fact cannot
+-- be moved to another day either.
 CREATE OR REPLACE FUNCTION wallet.chain_link(
     p_previous bytea,
     p_digest   bytea,
     p_version  bigint,
     p_after    bigint,
-    p_event    text
+    p_event    text,
+    p_at       timestamptz
 ) RETURNS bytea
 LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
-    SELECT sha256(p_previous || p_digest || int8send(p_version) || int8send(p_after) || convert_to(p_event, 'UTF8'))
+    SELECT sha256(p_previous || p_digest || int8send(p_version) || int8send(p_after)
+                  || int8send(wallet.epoch_us(p_at)) || convert_to(p_event, 'UTF8'))
 $$;
 
 -- wallet.rule_digest: SHA-256 of a commission rule's fields.
@@ -143,7 +147,7 @@ BEGIN
     LOCK TABLE wallet.commission_rules IN SHARE ROW EXCLUSIVE MODE;
     SELECT chain_hash INTO v_previous FROM wallet.commission_rules ORDER BY id DESC LIMIT 1;
     NEW.chain_hash := wallet.chain_link(coalesce(v_previous, wallet.rule_chain_genesis()),
-                                        wallet.rule_digest(NEW), 0, 0, 'rule');
+                                        wallet.rule_digest(NEW), 0, 0, 'rule', NEW.created_at);
     RETURN NEW;
 END
 $$;
@@ -172,6 +176,9 @@ DECLARE
                                                          p_transaction.from_wallet_id, p_transaction.to_wallet_id,
                                                          p_transaction.amount, p_transaction.fee)) END;
     v_wallet wallet.wallets;
+    -- Never earlier than the wallet's previous link: greatest() is re-evaluated on the
+    -- newest row version after a lock wait.
+    v_at     timestamptz := clock_timestamp();
 BEGIN
     LOOP
         UPDATE wallet.wallets
@@ -179,8 +186,8 @@ BEGIN
             status        = coalesce(p_status, status),
             chain_version = chain_version + 1,
             chain_hash    = wallet.chain_link(chain_hash, v_digest, chain_version + 1,
-                                              pending + p_pending_change, p_event),
-            updated_at    = greatest(updated_at, clock_timestamp())
+                                              pending + p_pending_change, p_event, greatest(updated_at, v_at)),
+            updated_at    = greatest(updated_at, v_at)
         WHERE id = p_wallet_id
           AND (status = 'active' OR NOT p_require_active)
           AND pending + p_pending_change <= 1000000000000000000
@@ -210,7 +217,7 @@ REVOKE ALL ON FUNCTION wallet.epoch_us(timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION wallet.chain_genesis(uuid, text, text, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION wallet.expected_legs(text, uuid, uuid, uuid, bigint, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION wallet.transaction_digest(wallet.transactions, text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION wallet.chain_link(bytea, bytea, bigint, bigint, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION wallet.chain_link(bytea, bytea, bigint, bigint, text, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION wallet.rule_digest(wallet.commission_rules) FROM PUBLIC;
 REVOKE ALL ON FUNCTION wallet.rule_chain_genesis() FROM PUBLIC;
 REVOKE ALL ON FUNCTION wallet.chain_commission_rule() FROM PUBLIC;

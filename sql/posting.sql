@@ -47,9 +47,10 @@ $$;
 -- A debit applies only while the balance covers it, a credit only while the balance stays
 -- within 10^18 (so the sum can never overflow); the check and the write are one
 -- statement, re-checked by PostgreSQL on the newest row version after any wait.
--- updated_at is taken after the lock (clock_timestamp, never earlier than the last one),
--- so a wallet's entries are in the same order by created_at as by id: history can then
--- bound a page by time and by position with one index range.
+-- updated_at is the clock, but never earlier than the wallet's last change (greatest() is
+-- re-evaluated on the newest row version after a lock wait), so a wallet's entries are in
+-- the same order by created_at as by id: history can then bound a page by time and by
+-- position with one index range. The link covers that time.
 -- Raises: WS409 wallet_not_active, WF422 insufficient_funds, WL422 balance_limit_exceeded.
 CREATE OR REPLACE FUNCTION wallet.apply_to_wallet(
     p_wallet_id      uuid,
@@ -62,14 +63,16 @@ AS $$
 DECLARE
     v_link   wallet.wallet_link;
     v_wallet wallet.wallets;
+    v_at     timestamptz := clock_timestamp();
 BEGIN
     LOOP
         UPDATE wallet.wallets
         SET balance       = balance + p_net_amount,
             pending       = pending + p_pending_change,
             chain_version = chain_version + 1,
-            chain_hash    = wallet.chain_link(chain_hash, p_digest, chain_version + 1, balance + p_net_amount, 'posted'),
-            updated_at    = greatest(updated_at, clock_timestamp())
+            chain_hash    = wallet.chain_link(chain_hash, p_digest, chain_version + 1, balance + p_net_amount,
+                                              'posted', greatest(updated_at, v_at)),
+            updated_at    = greatest(updated_at, v_at)
         WHERE id = p_wallet_id
           AND status = 'active'
           AND balance + p_net_amount BETWEEN 0 AND 1000000000000000000

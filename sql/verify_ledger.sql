@@ -148,7 +148,7 @@ AS $$
                    ELSE (SELECT wallet.transaction_digest(t, wallet.expected_legs(t.kind, t.wallet_id, t.from_wallet_id,
                                                                                   t.to_wallet_id, t.amount, t.fee))
                          FROM wallet.transactions AS t WHERE t.id = c.transaction_id) END,
-              c.chain_version, c.after, c.event)
+              c.chain_version, c.after, c.event, c.created_at)
 
     UNION ALL
     SELECT 'chain_version_gap',
@@ -191,7 +191,7 @@ AS $$
     FROM (SELECT rule, lag(rule.chain_hash) OVER (ORDER BY rule.id) AS previous_hash
           FROM wallet.commission_rules AS rule) AS r
     WHERE (r.rule).chain_hash IS DISTINCT FROM wallet.chain_link(
-              coalesce(r.previous_hash, wallet.rule_chain_genesis()), wallet.rule_digest(r.rule), 0, 0, 'rule')
+              coalesce(r.previous_hash, wallet.rule_chain_genesis()), wallet.rule_digest(r.rule), 0, 0, 'rule', (r.rule).created_at)
 $$;
 
 -- wallet.checkpoint_digest: the digest of one checkpoint's heads (in wallet id order) and
@@ -436,7 +436,7 @@ BEGIN
                    WHEN c.event = 'posted' THEN wallet.transaction_digest(t, legs.legs)
                    ELSE wallet.transaction_digest(t, wallet.expected_legs(t.kind, t.wallet_id, t.from_wallet_id,
                                                                           t.to_wallet_id, t.amount, t.fee)) END,
-              c.chain_version, c.after, c.event)
+              c.chain_version, c.after, c.event, c.created_at)
 
     UNION ALL
     SELECT 'chain_version_gap',
@@ -519,7 +519,7 @@ BEGIN
           FROM wallet.commission_rules AS rule) AS r
     WHERE r.position > v_checkpoint.rule_count
       AND (r.rule).chain_hash IS DISTINCT FROM wallet.chain_link(
-              coalesce(r.previous_hash, wallet.rule_chain_genesis()), wallet.rule_digest(r.rule), 0, 0, 'rule');
+              coalesce(r.previous_hash, wallet.rule_chain_genesis()), wallet.rule_digest(r.rule), 0, 0, 'rule', (r.rule).created_at);
 END
 $$;
 

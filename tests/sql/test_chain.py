@@ -46,10 +46,10 @@ BEGIN
                                       ORDER BY e.wallet_id NULLS LAST, e.account)
                     FROM wallet.entries AS e WHERE e.transaction_id = l.transaction_id) AS legs
             FROM (SELECT 'entry' AS source, id AS entry_id, chain_version, 'posted' AS event,
-                         balance_after AS after, transaction_id
+                         balance_after AS after, transaction_id, created_at
                   FROM wallet.entries WHERE wallet_id = v_wallet.id
                   UNION ALL
-                  SELECT 'status', NULL, chain_version, event, pending_after, transaction_id
+                  SELECT 'status', NULL, chain_version, event, pending_after, transaction_id, created_at
                   FROM wallet.status_changes WHERE wallet_id = v_wallet.id) AS l
             LEFT JOIN wallet.transactions AS t ON t.id = l.transaction_id
             ORDER BY l.chain_version
@@ -64,7 +64,7 @@ BEGIN
                                                    (v_link.transaction).to_wallet_id,
                                                    (v_link.transaction).amount,
                                                    (v_link.transaction).fee)) END,
-                v_link.chain_version, v_link.after, v_link.event);
+                v_link.chain_version, v_link.after, v_link.event, v_link.created_at);
             IF v_link.source = 'entry' THEN
                 UPDATE wallet.entries SET chain_hash = v_head WHERE id = v_link.entry_id;
             ELSE
@@ -76,7 +76,7 @@ BEGIN
     END LOOP;
     v_head := wallet.rule_chain_genesis();
     FOR v_rule IN SELECT * FROM wallet.commission_rules ORDER BY id LOOP
-        v_head := wallet.chain_link(v_head, wallet.rule_digest(v_rule), 0, 0, 'rule');
+        v_head := wallet.chain_link(v_head, wallet.rule_digest(v_rule), 0, 0, 'rule', v_rule.created_at);
         UPDATE wallet.commission_rules SET chain_hash = v_head WHERE id = v_rule.id;
     END LOOP;
 END
@@ -282,6 +282,17 @@ def change_a_currency(db, ledger):
     )
 
 
+def backdate_an_entry(db, ledger):
+    """d's deposit moved a day back, into another statement period, its wallet's time too."""
+    db.execute(
+        "UPDATE wallet.entries SET created_at = created_at - interval '1 day' WHERE wallet_id = %s",
+        (ledger["d"],),
+    )
+    db.execute(
+        "UPDATE wallet.wallets SET updated_at = updated_at - interval '1 day' WHERE id = %s", (ledger["d"],)
+    )
+
+
 def rewrite_the_rule_history(db, ledger):
     """The first transfer rule made to have charged nothing."""
     db.execute(
@@ -321,6 +332,7 @@ TAMPERS: list[tuple[Tamper, set[str], set[str]]] = [
     (add_balanced_entries_to_a_transaction, {"chain_link_mismatch", "revenue_differs_from_fee"}, None),
     (redirect_a_transfer, {"chain_link_mismatch"}, {"chain_rewritten"}),
     (change_a_currency, {"chain_link_mismatch"}, {"chain_rewritten"}),
+    (backdate_an_entry, {"chain_link_mismatch"}, {"chain_rewritten"}),
     (rewrite_the_rule_history, {"rule_chain_broken"}, {"rule_chain_rewritten"}),
     (reschedule_a_canceled_deposit, {"status_differs_from_chain"}, None),
     (unfreeze_a_wallet, {"status_differs_from_chain"}, None),
