@@ -193,6 +193,20 @@ def test_a_deleted_settlement_job_is_replaced_by_the_reconciler(db, workers, dep
         what="deposit without a job posted by the reconciler",
     )
 
+    # The worker marks its job done in a transaction of its own, just after the settlement's.
+    workers.wait_until(
+        lambda: (
+            scalar(
+                db,
+                "SELECT count(*) FROM procrastinate.procrastinate_jobs WHERE queueing_lock = %s"
+                " AND status = 'succeeded'",
+                lock,
+            )
+            == 1
+        ),
+        timeout=PERIODIC_SECONDS,
+        what="the reconciler's job marked succeeded",
+    )
     [job] = rows(
         db, "SELECT id, status::text FROM procrastinate.procrastinate_jobs WHERE queueing_lock = %s", lock
     )
