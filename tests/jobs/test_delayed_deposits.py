@@ -64,6 +64,21 @@ def settle_jobs(db: psycopg.Connection, transaction_id: Any) -> list[dict[str, A
     )
 
 
+def finished_settle_jobs(db: psycopg.Connection, workers, transaction_id: Any) -> list[dict[str, Any]]:
+    """The deposit's settlement jobs once none is waiting or running: a worker marks its job
+    done in a transaction of its own, just after the settlement's commits."""
+    return workers.wait_until(
+        lambda: (
+            jobs
+            if (jobs := settle_jobs(db, transaction_id))
+            and all(job["status"] not in ("todo", "doing") for job in jobs)
+            else None
+        ),
+        timeout=SETTLE_SECONDS,
+        what="the settlement job marked finished",
+    )
+
+
 def violations(db: psycopg.Connection) -> list[dict[str, Any]]:
     return rows(db, "SELECT check_name, detail FROM wallet.verify_ledger()")
 
@@ -144,7 +159,7 @@ def test_scheduled_deposit_is_pending_until_the_worker_posts_it_at_available_at(
     item = item_of(history(db, wallet_id), scheduled["id"])
     assert (item["status"], item["amount"], item["balance_after"]) == ("posted", net, before["balance"] + net)
     assert [leg["net_amount"] for leg in wallet_legs(db, scheduled["id"])] == [net]
-    assert [job["status"] for job in settle_jobs(db, scheduled["id"])] == ["succeeded"]
+    assert [job["status"] for job in finished_settle_jobs(db, workers, scheduled["id"])] == ["succeeded"]
     assert violations(db) == []
 
 
@@ -419,7 +434,7 @@ def test_settlement_of_a_frozen_wallet_is_retried_and_posts_after_unfreeze(db, w
     wallet = get_wallet(db, wallet_id)
     assert (wallet["balance"], wallet["pending"]) == (6_000, 0)
     assert [leg["net_amount"] for leg in wallet_legs(db, scheduled["id"])] == [5_000]
-    [job] = settle_jobs(db, scheduled["id"])
+    [job] = finished_settle_jobs(db, workers, scheduled["id"])
     assert job["status"] == "succeeded" and job["attempts"] >= 2
     assert violations(db) == []
 
@@ -446,7 +461,7 @@ def test_settlement_frozen_past_the_retry_budget_fails_and_releases_pending(db, 
     assert (item["status"], item["amount"], item["balance_after"]) == ("failed", 4_950, None)
     # Three runs (a finished job's attempts counts them): the first and the two retries of the
     # budget, the last of which records the failure and so succeeds.
-    [job] = settle_jobs(db, scheduled["id"])
+    [job] = finished_settle_jobs(db, workers, scheduled["id"])
     assert (job["status"], job["attempts"]) == ("succeeded", 3)
     with raises_sqlstate("WC409", "cancel a failed deposit"):
         cancel(db, scheduled["id"])
