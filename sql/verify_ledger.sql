@@ -12,6 +12,38 @@
 -- 3 s here) than verify_ledger_since needs for a day of activity. Each returns one row
 -- (check_name, detail) per violation and none when the ledger is sound. Locks nothing.
 
+-- wallet.verify_pending_signs_and_rules: the checks both audits run over the whole ledger,
+-- cheap at any size (the partial index of scheduled deposits, one row per wallet, the
+-- rules): pending_differs_from_scheduled, negative_balance, and rule_chain_broken for the
+-- rules after the first p_rules_after (0: all of them; the chain still runs from the first).
+CREATE OR REPLACE FUNCTION wallet.verify_pending_signs_and_rules(p_rules_after bigint)
+RETURNS TABLE (check_name text, detail text)
+LANGUAGE sql STABLE
+AS $$
+    SELECT 'pending_differs_from_scheduled',
+           format('wallet %s: pending %s, scheduled deposits sum to %s', w.id, w.pending, coalesce(scheduled.total, 0))
+    FROM wallet.wallets AS w
+    LEFT JOIN (SELECT wallet_id, sum(amount - fee) AS total
+               FROM wallet.transactions WHERE status = 'scheduled' GROUP BY wallet_id) AS scheduled
+           ON scheduled.wallet_id = w.id
+    WHERE w.pending <> coalesce(scheduled.total, 0)
+
+    UNION ALL
+    SELECT 'negative_balance', format('wallet %s: balance %s, pending %s', id, balance, pending)
+    FROM wallet.wallets
+    WHERE balance < 0 OR pending < 0
+
+    UNION ALL
+    SELECT 'rule_chain_broken', format('commission rule %s does not hash to its stored value', (r.rule).id)
+    FROM (SELECT rule, lag(rule.chain_hash) OVER (ORDER BY rule.id) AS previous_hash,
+                 row_number() OVER (ORDER BY rule.id) AS position
+          FROM wallet.commission_rules AS rule) AS r
+    WHERE r.position > p_rules_after
+      AND (r.rule).chain_hash IS DISTINCT FROM wallet.chain_link(
+              coalesce(r.previous_hash, wallet.rule_chain_genesis()), wallet.rule_digest(r.rule), 0, 0, 'rule',
+              (r.rule).created_at)
+$$;
+
 -- wallet.verify_ledger: every way the ledger could be inconsistent or rewritten.
 --
 --   transaction_unbalanced     a transaction's entries do not sum to zero
@@ -110,19 +142,6 @@ AS $$
            ON posted.wallet_id = w.id
     WHERE w.balance <> coalesce(posted.total, 0)
 
-    UNION ALL
-    SELECT 'pending_differs_from_scheduled',
-           format('wallet %s: pending %s, scheduled deposits sum to %s', w.id, w.pending, coalesce(scheduled.total, 0))
-    FROM wallet.wallets AS w
-    LEFT JOIN (SELECT wallet_id, sum(amount - fee) AS total
-               FROM wallet.transactions WHERE status = 'scheduled' GROUP BY wallet_id) AS scheduled
-           ON scheduled.wallet_id = w.id
-    WHERE w.pending <> coalesce(scheduled.total, 0)
-
-    UNION ALL
-    SELECT 'negative_balance', format('wallet %s: balance %s, pending %s', id, balance, pending)
-    FROM wallet.wallets
-    WHERE balance < 0 OR pending < 0
 
     UNION ALL
     SELECT 'entry_chain_broken',
@@ -187,11 +206,7 @@ AS $$
     WHERE 'wallet_' || w.status <> coalesce(newest.event, 'wallet_active')
 
     UNION ALL
-    SELECT 'rule_chain_broken', format('commission rule %s does not hash to its stored value', (r.rule).id)
-    FROM (SELECT rule, lag(rule.chain_hash) OVER (ORDER BY rule.id) AS previous_hash
-          FROM wallet.commission_rules AS rule) AS r
-    WHERE (r.rule).chain_hash IS DISTINCT FROM wallet.chain_link(
-              coalesce(r.previous_hash, wallet.rule_chain_genesis()), wallet.rule_digest(r.rule), 0, 0, 'rule', (r.rule).created_at)
+    SELECT * FROM wallet.verify_pending_signs_and_rules(0)
 $$;
 
 -- wallet.checkpoint_digest: the digest of one checkpoint's heads (in wallet id order) and
@@ -499,33 +514,16 @@ BEGIN
     GROUP BY e.transaction_id
     HAVING bool_and(e.wallet_id IS NULL)
 
-    UNION ALL
-    SELECT 'pending_differs_from_scheduled',
-           format('wallet %s: pending %s, scheduled deposits sum to %s', w.id, w.pending, coalesce(scheduled.total, 0))
-    FROM wallet.wallets AS w
-    LEFT JOIN (SELECT wallet_id, sum(amount - fee) AS total
-               FROM wallet.transactions WHERE status = 'scheduled' GROUP BY wallet_id) AS scheduled
-           ON scheduled.wallet_id = w.id
-    WHERE w.pending <> coalesce(scheduled.total, 0)
 
     UNION ALL
-    SELECT 'negative_balance', format('wallet %s: balance %s, pending %s', id, balance, pending)
-    FROM wallet.wallets
-    WHERE balance < 0 OR pending < 0
-
-    UNION ALL
-    SELECT 'rule_chain_broken', format('commission rule %s does not hash to its stored value', (r.rule).id)
-    FROM (SELECT rule, lag(rule.chain_hash) OVER (ORDER BY rule.id) AS previous_hash, row_number() OVER (ORDER BY rule.id) AS position
-          FROM wallet.commission_rules AS rule) AS r
-    WHERE r.position > v_checkpoint.rule_count
-      AND (r.rule).chain_hash IS DISTINCT FROM wallet.chain_link(
-              coalesce(r.previous_hash, wallet.rule_chain_genesis()), wallet.rule_digest(r.rule), 0, 0, 'rule', (r.rule).created_at);
+    SELECT * FROM wallet.verify_pending_signs_and_rules(v_checkpoint.rule_count);
 END
 $$;
 
 -- wallet_app (the API's and the worker's role) may run none of these: an unbounded read
 -- of the whole ledger is not a request. The API's /v1/ledger/verify sets wallet_auditor.
 REVOKE ALL ON FUNCTION wallet.verify_ledger() FROM PUBLIC, wallet_app;
+REVOKE ALL ON FUNCTION wallet.verify_pending_signs_and_rules(bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION wallet.checkpoint_digest(bigint, bigint, bytea) FROM PUBLIC;
 REVOKE ALL ON FUNCTION wallet.ledger_checkpoint() FROM PUBLIC;
 REVOKE ALL ON FUNCTION wallet.parse_checkpoint(text) FROM PUBLIC;

@@ -368,6 +368,7 @@ INTERNAL_HELPERS = {
     "to_transaction_result",
     "to_wallet_result",
     "uuid_v7",
+    "verify_pending_signs_and_rules",
 }
 
 
