@@ -1,1 +1,2 @@
-"""The wallet service's Python side: settings, database plumbing, CLI and (later) the REST API."""
+"""The REST API: a Litestar application whose handlers parse, authorize, call one ledger
+function (through core.ledger) and map its result or its error to HTTP."""

@@ -15,7 +15,7 @@ from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
 
-from api.settings import Settings
+from core.settings import Settings
 
 SCOPES = (
     "wallets:read",

@@ -1,8 +1,9 @@
 """The one mapping from failures to application/problem+json (SPEC 7).
 
-Ledger failures arrive as SQLSTATEs of our own (docs/errors.md); this module never reads
-an error message to decide anything. Nothing internal (SQL, traceback, driver names)
-reaches a client: unknown failures are logged and answered with a bare 500.
+Ledger failures arrive as SQLSTATEs of our own, mapped by the one error table (core/errors.py,
+docs/errors.md); this module never reads an error message to decide anything. Nothing internal
+(SQL, traceback, driver names) reaches a client: unknown failures are logged and answered with a
+bare 500.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from litestar.exceptions import (
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
+from core.errors import BY_CODE, BY_SQLSTATE, ErrorCode
+
 logger = logging.getLogger("wallet.api")
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -35,44 +38,6 @@ class Problem(msgspec.Struct, frozen=True):
     detail: str
     code: str
 
-
-# SQLSTATE -> (HTTP status, code). The same table is docs/errors.md.
-LEDGER_ERRORS: dict[str, tuple[int, str]] = {
-    "WI400": (400, "invalid_request"),
-    "WN404": (404, "not_found"),
-    "WS409": (409, "wallet_not_active"),
-    "WE409": (409, "wallet_not_empty"),
-    "WC409": (409, "transaction_not_cancelable"),
-    "WK409": (409, "idempotency_key_reused"),
-    "WF422": (422, "insufficient_funds"),
-    "WM422": (422, "currency_mismatch"),
-    "WW422": (422, "same_wallet"),
-    "WB422": (422, "amount_below_fee"),
-    "WL422": (422, "balance_limit_exceeded"),
-    "WT500": (500, "isolation_level_unsupported"),
-}
-
-TITLES = {
-    "invalid_request": "The request is not valid",
-    "unauthenticated": "Authentication is required",
-    "forbidden": "The token does not allow this",
-    "not_found": "Not found",
-    "method_not_allowed": "Method not allowed",
-    "wallet_not_active": "The wallet is not active",
-    "wallet_not_empty": "The wallet is not empty",
-    "transaction_not_cancelable": "The transaction cannot be canceled",
-    "idempotency_key_reused": "The idempotency key was used for another request",
-    "payload_too_large": "The request body is too large",
-    "insufficient_funds": "Insufficient funds",
-    "currency_mismatch": "The currencies differ",
-    "same_wallet": "Source and destination are the same wallet",
-    "amount_below_fee": "The amount does not cover the fee",
-    "balance_limit_exceeded": "The wallet would exceed its maximum balance",
-    "unavailable": "The service is unavailable; retry shortly",
-    "verify_timeout": "The ledger check did not finish in its time limit",
-    "isolation_level_unsupported": "A ledger function was called under an unsupported isolation level",
-    "internal": "Internal error",
-}
 
 # PostgreSQL refusing a value the client sent: a NUL character in text or JSON.
 CLIENT_INPUT_SQLSTATES = {"22021", "22P05"}
@@ -113,37 +78,32 @@ class ApiError(Exception):
         self.retry_after_seconds = retry_after_seconds
 
 
-PROBLEM_CODES_BY_STATUS = {
-    400: "invalid_request",
-    401: "unauthenticated",
-    403: "forbidden",
-    404: "not_found",
-    409: "wallet_not_active, wallet_not_empty, transaction_not_cancelable, idempotency_key_reused",
-    413: "payload_too_large",
-    422: "insufficient_funds, currency_mismatch, same_wallet, amount_below_fee, balance_limit_exceeded",
-    503: "unavailable (with Retry-After)",
-}
+# Every authenticated operation can answer these.
+COMMON_CODES = ("invalid_request", "unauthenticated", "forbidden", "unavailable")
 
 
-def problem_responses(*statuses: int, codes: dict[int, str] | None = None) -> dict[int, ResponseSpec]:
-    """OpenAPI responses for a handler: the given statuses plus 400, 401, 403 and 503, which any
-    authenticated route can answer. `codes` narrows the codes listed for a status."""
-    codes = codes or {}
+def problem_responses(*codes: str) -> dict[int, ResponseSpec]:
+    """OpenAPI responses for an operation: the codes it may answer besides COMMON_CODES, grouped
+    by status, each with its meaning from the one error table (core.errors)."""
+    by_status: dict[int, list[ErrorCode]] = {}
+    for code in dict.fromkeys((*COMMON_CODES, *codes)):
+        error = BY_CODE[code]
+        by_status.setdefault(error.status, []).append(error)
     return {
         status: ResponseSpec(
             Problem,
-            description="application/problem+json; code: "
-            + codes.get(status, PROBLEM_CODES_BY_STATUS[status]),
+            description="application/problem+json with one of these codes:\n\n"
+            + "\n".join(f"- `{error.code}`: {error.meaning}" for error in errors),
             media_type=PROBLEM_MEDIA_TYPE,
             generate_examples=False,
         )
-        for status in sorted({400, 401, 403, 503, *statuses})
+        for status, errors in sorted(by_status.items())
     }
 
 
 def problem(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> Response:
     body = Problem(
-        type=f"urn:wallet:error:{code}", title=TITLES[code], status=status, detail=detail, code=code
+        type=f"urn:wallet:error:{code}", title=BY_CODE[code].title, status=status, detail=detail, code=code
     )
     return Response(
         content=msgspec.json.encode(body),
@@ -168,10 +128,9 @@ def handle_api_error(_: Request, error: ApiError) -> Response:
 
 
 def handle_postgres_error(request: Request, error: asyncpg.PostgresError) -> Response:
-    mapped = LEDGER_ERRORS.get(error.sqlstate or "")
-    if mapped is not None:
-        status, code = mapped
-        return problem(status, code, error.message)
+    mapped = BY_SQLSTATE.get(error.sqlstate or "")
+    if mapped is not None and mapped.code != "internal":
+        return problem(mapped.status, mapped.code, error.message)
     if error.sqlstate in CLIENT_INPUT_SQLSTATES:
         return problem(400, "invalid_request", "text and metadata must not contain NUL characters")
     if error.sqlstate in RETRYABLE_SQLSTATES:

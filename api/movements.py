@@ -6,18 +6,13 @@ from uuid import UUID
 
 from litestar import Controller, Response, post
 
+from api.dependencies import Write
 from api.errors import problem_responses
-from api.metrics import move_money
-from api.plumbing import Write, created
+from api.responses import created
 from api.schemas import DepositRequest, Transaction, TransferRequest, WithdrawalRequest, from_record
+from core import ledger
 
-MOVEMENT_409 = "wallet_not_active, idempotency_key_reused"
-DEPOSIT_CODES = {409: MOVEMENT_409, 422: "amount_below_fee, balance_limit_exceeded"}
-WITHDRAWAL_CODES = {409: MOVEMENT_409, 422: "insufficient_funds"}
-TRANSFER_CODES = {
-    409: MOVEMENT_409,
-    422: "insufficient_funds, currency_mismatch, same_wallet, balance_limit_exceeded",
-}
+MOVEMENT_CODES = ("not_found", "wallet_not_active", "idempotency_key_reused", "payload_too_large")
 
 
 class MovementController(Controller):
@@ -28,19 +23,12 @@ class MovementController(Controller):
         "/wallets/{wallet_id:str}/deposits",
         opt={"scope": "deposits:write"},
         operation_id="deposit",
-        responses=problem_responses(404, 409, 413, 422, codes=DEPOSIT_CODES),
+        responses=problem_responses(*MOVEMENT_CODES, "amount_below_fee", "balance_limit_exceeded"),
     )
     async def deposit(self, wallet_id: UUID, data: DepositRequest, write: Write) -> Response[Transaction]:
         """Deposit into a wallet: it is credited amount - fee, now or at available_at."""
-        record = await move_money(
-            "deposit",
-            write,
-            "SELECT * FROM wallet.deposit($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            wallet_id,
-            data.amount,
-            data.reference,
-            data.metadata,
-            data.available_at,
+        record = await ledger.deposit(
+            write.pool, write.actor, wallet_id, data.amount, data.reference, data.metadata, data.available_at
         )
         return created(from_record(Transaction, record), record, f"/v1/transactions/{record['id']}")
 
@@ -48,18 +36,12 @@ class MovementController(Controller):
         "/wallets/{wallet_id:str}/withdrawals",
         opt={"scope": "withdrawals:write"},
         operation_id="withdraw",
-        responses=problem_responses(404, 409, 413, 422, codes=WITHDRAWAL_CODES),
+        responses=problem_responses(*MOVEMENT_CODES, "insufficient_funds"),
     )
     async def withdraw(self, wallet_id: UUID, data: WithdrawalRequest, write: Write) -> Response[Transaction]:
         """Withdraw from a wallet: it is debited amount + fee."""
-        record = await move_money(
-            "withdrawal",
-            write,
-            "SELECT * FROM wallet.withdraw($1, $2, $3, $4, $5, $6, $7, $8)",
-            wallet_id,
-            data.amount,
-            data.reference,
-            data.metadata,
+        record = await ledger.withdraw(
+            write.pool, write.actor, wallet_id, data.amount, data.reference, data.metadata
         )
         return created(from_record(Transaction, record), record, f"/v1/transactions/{record['id']}")
 
@@ -67,14 +49,19 @@ class MovementController(Controller):
         "/transfers",
         opt={"scope": "transfers:write"},
         operation_id="transfer",
-        responses=problem_responses(404, 409, 413, 422, codes=TRANSFER_CODES),
+        responses=problem_responses(
+            *MOVEMENT_CODES,
+            "insufficient_funds",
+            "currency_mismatch",
+            "same_wallet",
+            "balance_limit_exceeded",
+        ),
     )
     async def transfer(self, data: TransferRequest, write: Write) -> Response[Transaction]:
         """Transfer between wallets: the sender pays amount + fee, the receiver gets amount."""
-        record = await move_money(
-            "transfer",
-            write,
-            "SELECT * FROM wallet.transfer($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        record = await ledger.transfer(
+            write.pool,
+            write.actor,
             data.from_wallet_id,
             data.to_wallet_id,
             data.amount,

@@ -8,17 +8,10 @@ from uuid import UUID
 from litestar import Controller, Response, get, post
 from litestar.params import Parameter
 
+from api.dependencies import Caller, Write
 from api.errors import ApiError, problem_responses
-from api.plumbing import (
-    CURSOR_PATTERNS,
-    Caller,
-    Write,
-    created,
-    decode_cursor,
-    decode_instant,
-    encode_cursor,
-    ok,
-)
+from api.paging import CURSOR_PATTERNS, decode_cursor, decode_instant, encode_cursor
+from api.responses import created, ok
 from api.schemas import (
     PAGE_LIMIT_DEFAULT,
     PAGE_LIMIT_MAX,
@@ -29,6 +22,7 @@ from api.schemas import (
     WalletPage,
     from_record,
 )
+from core import ledger
 
 Limit = Annotated[int, Parameter(ge=1, le=PAGE_LIMIT_MAX, description="Page size")]
 WalletCursor = Annotated[
@@ -58,21 +52,15 @@ class WalletController(Controller):
         "/",
         opt={"scope": "wallets:create"},
         operation_id="openWallet",
-        responses=problem_responses(409, 413, codes={409: "idempotency_key_reused"}),
+        responses=problem_responses("idempotency_key_reused", "payload_too_large"),
         status_code=201,
     )
     async def open_wallet(self, data: OpenWalletRequest, write: Write) -> Response[Wallet]:
         """Open a wallet for an owner."""
         if write.caller.owner_id is not None and data.owner_id != write.caller.owner_id:
             raise ApiError(403, "forbidden", "this token opens wallets for its own owner_id only")
-        record = await write.caller.pool.fetchrow(
-            "SELECT * FROM wallet.open_wallet($1, $2, $3, $4, $5, $6)",
-            write.caller.sub,
-            write.key,
-            write.fingerprint,
-            data.owner_id,
-            data.currency,
-            data.metadata,
+        record = await ledger.open_wallet(
+            write.pool, write.actor, data.owner_id, data.currency, data.metadata
         )
         return created(from_record(Wallet, record), record, f"/v1/wallets/{record['id']}")
 
@@ -80,13 +68,11 @@ class WalletController(Controller):
         "/{wallet_id:str}",
         opt={"scope": "wallets:read"},
         operation_id="getWallet",
-        responses=problem_responses(404),
+        responses=problem_responses("not_found"),
     )
     async def get_wallet(self, wallet_id: UUID, caller: Caller) -> Wallet:
         """Read a wallet."""
-        record = await caller.pool.fetchrow(
-            "SELECT * FROM wallet.get_wallet($1, $2)", caller.owner_id, wallet_id
-        )
+        record = await ledger.get_wallet(caller.pool, caller.owner_id, wallet_id)
         return from_record(Wallet, record)
 
     @get("/", opt={"scope": "wallets:read"}, operation_id="listWallets", responses=problem_responses())
@@ -102,12 +88,7 @@ class WalletController(Controller):
             if owner_id not in (None, caller.owner_id):
                 return WalletPage(items=[], next_cursor=None)
             owner_id = caller.owner_id
-        records = await caller.pool.fetch(
-            "SELECT * FROM wallet.list_wallets($1, $2, $3)",
-            owner_id,
-            limit + 1,
-            decode_cursor(cursor, UUID),
-        )
+        records = await ledger.list_wallets(caller.pool, owner_id, limit + 1, decode_cursor(cursor, UUID))
         items = [from_record(Wallet, record) for record in records[:limit]]
         next_cursor = encode_cursor(items[-1].id) if len(records) > limit else None
         return WalletPage(items=items, next_cursor=next_cursor)
@@ -117,39 +98,42 @@ class WalletController(Controller):
         opt={"scope": "wallets:admin"},
         operation_id="freezeWallet",
         status_code=200,
-        responses=problem_responses(404, 409, codes={409: "wallet_not_active, idempotency_key_reused"}),
+        responses=problem_responses("not_found", "wallet_not_active", "idempotency_key_reused"),
     )
     async def freeze(self, wallet_id: UUID, write: Write) -> Response[Wallet]:
         """Freeze a wallet: no money moves in or out until it is unfrozen."""
-        return await _change_status("freeze_wallet", wallet_id, write)
+        record = await ledger.change_wallet_status(write.pool, write.actor, "freeze", wallet_id)
+        return ok(from_record(Wallet, record), record)
 
     @post(
         "/{wallet_id:str}/unfreeze",
         opt={"scope": "wallets:admin"},
         operation_id="unfreezeWallet",
         status_code=200,
-        responses=problem_responses(404, 409, codes={409: "wallet_not_active, idempotency_key_reused"}),
+        responses=problem_responses("not_found", "wallet_not_active", "idempotency_key_reused"),
     )
     async def unfreeze(self, wallet_id: UUID, write: Write) -> Response[Wallet]:
         """Unfreeze a frozen wallet."""
-        return await _change_status("unfreeze_wallet", wallet_id, write)
+        record = await ledger.change_wallet_status(write.pool, write.actor, "unfreeze", wallet_id)
+        return ok(from_record(Wallet, record), record)
 
     @post(
         "/{wallet_id:str}/close",
         opt={"scope": "wallets:admin"},
         operation_id="closeWallet",
         status_code=200,
-        responses=problem_responses(404, 409, codes={409: "wallet_not_empty, idempotency_key_reused"}),
+        responses=problem_responses("not_found", "wallet_not_empty", "idempotency_key_reused"),
     )
     async def close(self, wallet_id: UUID, write: Write) -> Response[Wallet]:
         """Close an empty wallet, for good."""
-        return await _change_status("close_wallet", wallet_id, write)
+        record = await ledger.change_wallet_status(write.pool, write.actor, "close", wallet_id)
+        return ok(from_record(Wallet, record), record)
 
     @get(
         "/{wallet_id:str}/transactions",
         opt={"scope": "wallets:read"},
         operation_id="walletHistory",
-        responses=problem_responses(404),
+        responses=problem_responses("not_found"),
     )
     async def history(
         self,
@@ -162,8 +146,8 @@ class WalletController(Controller):
         until: Annotated[str | None, time_bound(description="exclusive")] = None,
     ) -> HistoryPage:
         """A wallet's history, newest first; posted amounts sum to the balance."""
-        records = await caller.pool.fetch(
-            "SELECT * FROM wallet.wallet_history($1, $2, $3, $4, $5, $6, $7)",
+        records = await ledger.wallet_history(
+            caller.pool,
             caller.owner_id,
             wallet_id,
             limit + 1,
@@ -175,10 +159,3 @@ class WalletController(Controller):
         items = [from_record(HistoryItem, record) for record in records[:limit]]
         next_cursor = encode_cursor(records[limit - 1]["seq"]) if len(records) > limit else None
         return HistoryPage(items=items, next_cursor=next_cursor)
-
-
-async def _change_status(function: str, wallet_id: UUID, write: Write) -> Response[Wallet]:
-    record = await write.caller.pool.fetchrow(
-        f"SELECT * FROM wallet.{function}($1, $2, $3, $4, $5)", *write.ledger_args, wallet_id
-    )
-    return ok(from_record(Wallet, record), record)

@@ -25,11 +25,11 @@ from typing import Any
 
 import psycopg
 
-from api.database import with_database
-from api.migrate import migrate
 from bench import BenchmarkFailed
 from bench.ledger_seed import SeededLedger, seed_ledger, seeded_ledger
 from bench.sql_bench import BENCH_DIR, BUSY_LOAD, fresh_database, server_url
+from core.database import with_database
+from core.migrate import migrate
 
 RESULTS_FILE = BENCH_DIR / "results" / "history.json"
 DATABASE = "wallet_bench_history"

@@ -238,7 +238,7 @@ def write_wallet_ids(url: str, path: Path) -> Path:
 
 def server_command(server: str, port: int) -> list[str]:
     if server == "uvicorn":
-        return [sys.executable, "-m", "api.cli", "serve", "--host", HOST, "--port", str(port)]
+        return [sys.executable, "-m", "cli", "serve", "--host", HOST, "--port", str(port)]
     # uvicorn picks uvloop and httptools when installed; granian is told the same loop, HTTP/1 only.
     return [
         sys.executable, "-m", "granian", "--interface", "asgi", "--factory", "--host", HOST,

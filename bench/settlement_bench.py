@@ -87,7 +87,7 @@ def main() -> None:
 def start_worker(url: str) -> subprocess.Popen:
     environment = {**os.environ, "DATABASE_URL": url, "WALLET_LOG_LEVEL": "WARNING"}
     worker = subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "worker"], cwd=Path(BENCH_DIR).parent, env=environment
+        [sys.executable, "-m", "cli", "worker"], cwd=Path(BENCH_DIR).parent, env=environment
     )
     time.sleep(2)  # connected and idle, waiting for due jobs
     if worker.poll() is not None:

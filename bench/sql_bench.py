@@ -21,9 +21,10 @@ from pathlib import Path
 
 import psycopg
 
-from api.database import normalize_url, start_embedded, with_database
-from api.migrate import migrate
 from bench import BenchmarkFailed
+from core.database import start_embedded, with_database
+from core.migrate import migrate
+from core.settings import normalize_database_url
 
 BENCH_DIR = Path(__file__).resolve().parent
 DATA_DIR = BENCH_DIR / ".data"
@@ -122,7 +123,7 @@ def seconds_from_env(name: str, default: int) -> int:
 def server_url() -> str:
     """WALLET_BENCH_DATABASE_URL's server, or a dedicated embedded one under bench/.data/."""
     url = os.environ.get("WALLET_BENCH_DATABASE_URL", "").strip()
-    return normalize_url(url) if url else start_embedded(DATA_DIR)
+    return normalize_database_url(url) if url else start_embedded(DATA_DIR)
 
 
 def pgbench_path() -> str:

@@ -1,99 +1,104 @@
-"""Background tasks. Each calls one ledger function; the money logic stays in SQL.
+"""The worker's tasks. Each calls one ledger function through core.ledger; the money logic
+stays in SQL.
 
 settle_deposit is enqueued by wallet.deposit itself, in the transaction that schedules the
 deposit. The periodic tasks keep the queue honest after crashes: stalled jobs of dead
 workers are retried, due deposits without a live job are re-enqueued, old jobs and
-idempotency keys are pruned.
+idempotency keys are pruned. Tasks reach the database through the asyncpg pool the worker
+puts in their context (jobs.app.run_worker).
 """
 
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
+from uuid import UUID
 
+import asyncpg
 import procrastinate
 
-from api.settings import load_worker_settings
+from core import ledger
+from core.settings import Settings
 
 logger = logging.getLogger("wallet.jobs")
-settings = load_worker_settings()
-
-tasks = procrastinate.Blueprint()
 
 # Idempotency keys are kept at least 24 hours (SPEC 6); we keep them 48.
-IDEMPOTENCY_KEY_RETENTION = "48 hours"
-# A worker without a heartbeat for this long is dead and its running jobs are retried.
-STALLED_WORKER_SECONDS = 30
-
-# Wallet frozen or closed, lost connection, deadlock: retry with exponential backoff
-# (base^1, base^2, ... seconds). The last attempt fails the deposit instead of raising.
-SETTLE_RETRY = procrastinate.RetryStrategy(
-    max_attempts=settings.settle_max_retries,
-    exponential_wait=settings.settle_retry_base_seconds,
-)
+IDEMPOTENCY_KEY_RETENTION = timedelta(hours=48)
 
 
-@tasks.task(name="settle_deposit", queue="deposits", retry=SETTLE_RETRY, pass_context=True)
-async def settle_deposit(context: procrastinate.JobContext, transaction_id: str) -> str:
-    """Post a scheduled deposit that is due (exactly once; a repeat delivery changes nothing)."""
-    last_attempt = context.job.attempts >= settings.settle_max_retries
-    row = await context.app.connector.execute_query_one_async(
-        "SELECT wallet.settle_deposit(%(transaction_id)s::uuid, %(last_attempt)s, %(sweep)s) AS outcome",
-        transaction_id=transaction_id,
-        last_attempt=last_attempt,
-        # Other due deposits posted along with this one: when many fall due in the same
-        # second, a handful of jobs post them all and the others find theirs posted.
-        sweep=settings.settle_sweep_limit,
-    )
-    logger.info("deposit %s: %s (attempt %s)", transaction_id, row["outcome"], context.job.attempts + 1)
-    return row["outcome"]
+def build_tasks(settings: Settings) -> procrastinate.Blueprint:
+    """The tasks, with the retry budget and intervals settings give."""
+    tasks = procrastinate.Blueprint()
 
-
-@tasks.periodic(cron="* * * * * */15", periodic_id="every-15s")
-@tasks.task(
-    name="reconcile_scheduled_deposits", queue="maintenance", queueing_lock="reconcile", pass_context=True
-)
-async def reconcile_scheduled_deposits(context: procrastinate.JobContext, timestamp: int) -> int:
-    """Re-enqueue due scheduled deposits whose job is missing or failed."""
-    row = await context.app.connector.execute_query_one_async(
-        "SELECT wallet.reconcile_scheduled_deposits(make_interval(secs => %(grace)s)) AS enqueued",
-        grace=settings.reconcile_grace_seconds,
-    )
-    if row["enqueued"]:
-        logger.warning("reconciler re-enqueued %s scheduled deposits", row["enqueued"])
-    return row["enqueued"]
-
-
-@tasks.periodic(cron="* * * * * */10", periodic_id="every-10s")
-@tasks.task(name="retry_stalled_jobs", queue="maintenance", queueing_lock="retry_stalled", pass_context=True)
-async def retry_stalled_jobs(context: procrastinate.JobContext, timestamp: int) -> int:
-    """Jobs left 'doing' by a worker that stopped sending heartbeats (killed) run again."""
-    manager = context.app.job_manager
-    stalled = await manager.get_stalled_jobs(seconds_since_heartbeat=STALLED_WORKER_SECONDS)
-    for job in stalled:
-        await manager.retry_job(job)
-        logger.warning("retrying stalled job %s (%s)", job.id, job.task_name)
-    return len(stalled)
-
-
-@tasks.periodic(cron="23 * * * *", periodic_id="hourly")
-@tasks.task(name="prune_old_jobs", queue="maintenance", queueing_lock="prune_jobs", pass_context=True)
-async def prune_old_jobs(context: procrastinate.JobContext, timestamp: int) -> None:
-    """Delete finished jobs past their retention."""
-    await context.app.job_manager.delete_old_jobs(
-        nb_hours=settings.job_retention_hours,
-        include_failed=True,
-        include_cancelled=True,
-        include_aborted=True,
+    # Wallet frozen or closed, lost connection, deadlock: retry with exponential backoff
+    # (base^1, base^2, ... seconds). The last attempt fails the deposit instead of raising.
+    settle_retry = procrastinate.RetryStrategy(
+        max_attempts=settings.settle_max_retries,
+        exponential_wait=settings.settle_retry_base_seconds,
     )
 
+    @tasks.task(name="settle_deposit", queue="deposits", retry=settle_retry, pass_context=True)
+    async def settle_deposit(context: procrastinate.JobContext, transaction_id: str) -> str:
+        """Post a scheduled deposit that is due (exactly once; a repeat delivery changes nothing)."""
+        outcome = await ledger.settle_deposit(
+            _pool(context),
+            UUID(transaction_id),
+            last_attempt=context.job.attempts >= settings.settle_max_retries,
+            # Other due deposits posted along with this one: when many fall due in the same
+            # second, a handful of jobs post them all and the others find theirs posted.
+            sweep_limit=settings.settle_sweep_limit,
+        )
+        logger.info("deposit %s: %s (attempt %s)", transaction_id, outcome, context.job.attempts + 1)
+        return outcome
 
-@tasks.periodic(cron="17 * * * *", periodic_id="hourly")
-@tasks.task(name="prune_idempotency_keys", queue="maintenance", queueing_lock="prune_keys", pass_context=True)
-async def prune_idempotency_keys(context: procrastinate.JobContext, timestamp: int) -> int:
-    """Forget idempotency keys past their retention."""
-    row = await context.app.connector.execute_query_one_async(
-        "SELECT wallet.prune_idempotency_keys(%(retention)s::interval) AS removed",
-        retention=IDEMPOTENCY_KEY_RETENTION,
+    @tasks.periodic(cron="* * * * * */15", periodic_id="every-15s")
+    @tasks.task(
+        name="reconcile_scheduled_deposits", queue="maintenance", queueing_lock="reconcile", pass_context=True
     )
-    logger.info("pruned %s idempotency keys", row["removed"])
-    return row["removed"]
+    async def reconcile_scheduled_deposits(context: procrastinate.JobContext, timestamp: int) -> int:
+        """Re-enqueue due scheduled deposits whose job is missing or failed."""
+        grace = timedelta(seconds=settings.reconcile_grace_seconds)
+        enqueued = await ledger.reconcile_scheduled_deposits(_pool(context), grace)
+        if enqueued:
+            logger.warning("reconciler re-enqueued %s scheduled deposits", enqueued)
+        return enqueued
+
+    @tasks.periodic(cron="* * * * * */10", periodic_id="every-10s")
+    @tasks.task(
+        name="retry_stalled_jobs", queue="maintenance", queueing_lock="retry_stalled", pass_context=True
+    )
+    async def retry_stalled_jobs(context: procrastinate.JobContext, timestamp: int) -> int:
+        """Jobs left 'doing' by a worker that stopped sending heartbeats (killed) run again."""
+        manager = context.app.job_manager
+        stalled = await manager.get_stalled_jobs(seconds_since_heartbeat=settings.stalled_worker_seconds)
+        for job in stalled:
+            await manager.retry_job(job)
+            logger.warning("retrying stalled job %s (%s)", job.id, job.task_name)
+        return len(stalled)
+
+    @tasks.periodic(cron="23 * * * *", periodic_id="hourly")
+    @tasks.task(name="prune_old_jobs", queue="maintenance", queueing_lock="prune_jobs", pass_context=True)
+    async def prune_old_jobs(context: procrastinate.JobContext, timestamp: int) -> None:
+        """Delete finished jobs past their retention."""
+        await context.app.job_manager.delete_old_jobs(
+            nb_hours=settings.job_retention_hours,
+            include_failed=True,
+            include_cancelled=True,
+            include_aborted=True,
+        )
+
+    @tasks.periodic(cron="17 * * * *", periodic_id="hourly")
+    @tasks.task(
+        name="prune_idempotency_keys", queue="maintenance", queueing_lock="prune_keys", pass_context=True
+    )
+    async def prune_idempotency_keys(context: procrastinate.JobContext, timestamp: int) -> int:
+        """Forget idempotency keys past their retention."""
+        removed = await ledger.prune_idempotency_keys(_pool(context), IDEMPOTENCY_KEY_RETENTION)
+        logger.info("pruned %s idempotency keys", removed)
+        return removed
+
+    return tasks
+
+
+def _pool(context: procrastinate.JobContext) -> asyncpg.Pool:
+    return context.additional_context["pool"]

@@ -29,8 +29,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from api.database import normalize_url, with_database, with_user
-from api.migrate import migrate
+from core.database import with_database, with_user
+from core.migrate import migrate
+from core.settings import normalize_database_url
 
 ROOT = Path(__file__).resolve().parents[1]
 BOOTSTRAP_ROLES = ROOT / "sql" / "bootstrap" / "roles.sql"
@@ -67,13 +68,13 @@ def _postgres_server() -> Iterator[str]:
     """The URL of a maintenance database on a server the tests may create databases on."""
     url = os.environ.get("WALLET_TEST_DATABASE_URL", "").strip()
     if url:
-        yield normalize_url(url)
+        yield normalize_database_url(url)
         return
     if _docker_answers():
         from testcontainers.postgres import PostgresContainer
 
         with PostgresContainer("postgres:16-alpine", driver=None) as container:
-            yield normalize_url(container.get_connection_url())
+            yield normalize_database_url(container.get_connection_url())
         return
     import pgserver
 

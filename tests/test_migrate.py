@@ -20,10 +20,10 @@ import pytest
 from psycopg.rows import dict_row
 from yoyo import get_backend, read_migrations
 
-import api.migrate
-from api.cli import EXIT_MIGRATION_LOCKED, build_parser
-from api.database import with_database
-from api.migrate import (
+import core.migrate
+from cli.main import EXIT_MIGRATION_LOCKED, build_parser
+from core.database import with_database
+from core.migrate import (
     MIGRATION_LOCK_KEY,
     MIGRATIONS_DIR,
     MigrationLockTimeout,
@@ -201,8 +201,8 @@ def test_the_auditor_login_has_a_statement_timeout(postgres_url):
 def test_migrate_never_reapplies_the_bootstrap():
     # The owner may not create roles: a sql/ file that did would fail every `wallet migrate`.
     assert BOOTSTRAP_ROLES.exists()
-    assert BOOTSTRAP_ROLES not in api.migrate.sql_files()
-    assert all(path.parent == api.migrate.SQL_DIR for path in api.migrate.sql_files())
+    assert BOOTSTRAP_ROLES not in core.migrate.sql_files()
+    assert all(path.parent == core.migrate.SQL_DIR for path in core.migrate.sql_files())
 
 
 def test_the_bootstrap_holds_no_password():
@@ -287,7 +287,7 @@ def test_migrate_gives_up_after_its_lock_timeout_and_names_the_holder(database_u
 
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "api.cli", "migrate", "--lock-timeout", "1.5"],
+        [sys.executable, "-m", "cli", "migrate", "--lock-timeout", "1.5"],
         cwd=ROOT,
         env=environment,
         capture_output=True,
@@ -373,8 +373,8 @@ def test_the_lock_timeout_is_a_bounded_number_of_seconds():
 def test_sql_files_are_applied_with_no_schema_to_create_in(database_url, monkeypatch, tmp_path):
     probe = tmp_path / "unqualified.sql"
     probe.write_text("CREATE TABLE unqualified_probe (id integer);")
-    real_files = api.migrate.sql_files()
-    monkeypatch.setattr(api.migrate, "sql_files", lambda: [*real_files, probe])
+    real_files = core.migrate.sql_files()
+    monkeypatch.setattr(core.migrate, "sql_files", lambda: [*real_files, probe])
 
     with pytest.raises(psycopg.errors.InvalidSchemaName):
         migrate(database_url)

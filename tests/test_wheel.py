@@ -25,10 +25,10 @@ import httpx
 import psycopg
 import pytest
 
-from api.database import with_database
+from core.database import with_database
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGED = "api/_schema"  # where pyproject.toml's force-include puts migrations/ and sql/
+PACKAGED = "core/_schema"  # where pyproject.toml's force-include puts migrations/ and sql/
 COMMAND_TIMEOUT_SECONDS = 120
 START_TIMEOUT_SECONDS = 30
 
@@ -119,7 +119,7 @@ def test_wheel_finds_its_own_files_and_reapplies_sql_but_not_the_bootstrap(wheel
         wheel_environment,
         "python",
         "-c",
-        "import api, api.migrate as m; print(api.__file__); print(m.MIGRATIONS_DIR); print(m.SQL_DIR);"
+        "import core, core.migrate as m; print(core.__file__); print(m.MIGRATIONS_DIR); print(m.SQL_DIR);"
         " print(' '.join(p.relative_to(m.SQL_DIR).as_posix() for p in m.sql_files()))",
     )
     assert probe.returncode == 0, probe.stderr

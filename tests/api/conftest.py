@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from api.auth import SCOPES, mint_token
-from api.database import with_database
+from core.database import with_database
 
 JWT_SECRET = "test-secret-" + "x" * 40
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,7 +41,7 @@ def running_server(database_url: str, *, workers: int = 1, **settings: str) -> I
     """`wallet serve` on a free port; yields its base URL once /healthz answers."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "serve", "--port", str(port), "--workers", str(workers)],
+        [sys.executable, "-m", "cli", "serve", "--port", str(port), "--workers", str(workers)],
         cwd=ROOT,
         env=server_environment(database_url, **settings),
     )

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from api import auth
 from api.auth import SCOPES, mint_token
-from api.settings import load_settings
+from core.settings import load_settings
 from tests.api.conftest import JWT_SECRET, running_server
 from tests.api.helpers import (
     assert_problem,

@@ -16,7 +16,7 @@ def test_sigterm_finishes_the_in_flight_request_and_exits_0(database_url, token)
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "serve", "--port", str(port)],
+        [sys.executable, "-m", "cli", "serve", "--port", str(port)],
         cwd=ROOT,
         env=server_environment(database_url),
     )

@@ -16,7 +16,7 @@ def test_each_request_logs_one_json_line_without_token_or_body(database_url, tok
     secret_token = token(sub="log-checker")
     with log_path.open("w") as log:
         server = subprocess.Popen(
-            [sys.executable, "-m", "api.cli", "serve", "--port", str(port)],
+            [sys.executable, "-m", "cli", "serve", "--port", str(port)],
             cwd=ROOT,
             env=server_environment(database_url, WALLET_LOG_LEVEL="INFO"),
             stderr=log,

@@ -43,7 +43,7 @@ from schemathesis.errors import FailureGroup
 
 from api import probes
 from api.app import API_CONTROLLERS
-from api.database import with_database
+from core.database import with_database
 from tests.api.conftest import ROOT, TokenFactory, running_server
 from tests.api.fuzz_contract import excused
 

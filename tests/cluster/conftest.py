@@ -51,7 +51,7 @@ class Replica:
             log.write(f"=== start at {time.time():.3f}\n".encode())
             log.flush()
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "api.cli", "serve", "--port", str(self.port)],
+                [sys.executable, "-m", "cli", "serve", "--port", str(self.port)],
                 cwd=ROOT,
                 env=self.environment,
                 stdout=log,

@@ -22,7 +22,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from api.settings import load_settings, load_worker_settings
+from core.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
@@ -445,8 +445,7 @@ def _settings_the_code_reads() -> set[str]:
     """Every setting of .env.sample (but its development-only part) and of the code."""
     service_settings = (ROOT / ".env.sample").read_text().split("# --- development only ---")[0]
     names = set(re.findall(r"^([A-Z][A-Z0-9_]*)=", service_settings, re.MULTILINE))
-    for path in [*(ROOT / "api").glob("*.py"), *(ROOT / "jobs").glob("*.py")]:
-        names |= set(re.findall(r"[\"'](WALLET_[A-Z0-9_]+)[\"']", path.read_text()))
+    names |= set(re.findall(r"[\"'](WALLET_[A-Z0-9_]+)[\"']", (ROOT / "core/settings.py").read_text()))
     return names
 
 
@@ -464,7 +463,6 @@ def test_config_map_values_pass_the_services_own_settings_checks(manifests, monk
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("WALLET_JWT_SECRET", "x" * 32)
     settings = load_settings()
-    load_worker_settings()
     assert settings.pool_max_size >= settings.pool_min_size
 
 

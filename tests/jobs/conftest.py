@@ -1,7 +1,7 @@
 """Real `wallet worker` processes for the job tests, and what the job tests share.
 
 A test starts workers with `workers.start(**settings)` (WALLET_* worker settings as
-strings, e.g. WALLET_SETTLE_MAX_RETRIES="2"): each is `python -m api.cli worker` on the
+strings, e.g. WALLET_SETTLE_MAX_RETRIES="2"): each is `python -m cli worker` on the
 test's own database, its output in a log file whose tail is shown when a wait fails.
 Workers are stopped when the test ends, however it ends. Tests wait for a condition with
 `workers.wait_until(...)`: it polls the database and fails at once if a worker dies
@@ -83,7 +83,7 @@ class Worker:
         self.worker_id: int | None = None  # its row in procrastinate_workers
         with log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "api.cli", "worker"],
+                [sys.executable, "-m", "cli", "worker"],
                 cwd=ROOT,
                 env=environment,
                 stdout=log,

@@ -14,7 +14,7 @@ import psycopg
 from ledger_helpers import get_wallet, new_wallet, rows, scalar
 from public_schema_attack import plant, planted_calls
 
-from api.database import with_database
+from core.database import with_database
 
 LEAD = timedelta(seconds=3)
 SETTLE_SECONDS = 20

@@ -11,8 +11,8 @@ import pytest
 from yoyo import get_backend, read_migrations
 from yoyo.migrations import MigrationList
 
-from api.database import with_database
-from api.migrate import MIGRATIONS_DIR, _yoyo_url, migrate
+from core.database import with_database
+from core.migrate import MIGRATIONS_DIR, _yoyo_url, migrate
 
 BEFORE_THE_CHAIN = "0005_settlement_blocker_returns_its_sqlstate"
 

@@ -30,8 +30,8 @@ from ledger_helpers import (
 )
 from yoyo import read_migrations
 
-from api.database import with_database
-from api.migrate import MIGRATIONS_DIR, SQL_DIR, apply_sql_functions, migrate
+from core.database import with_database
+from core.migrate import MIGRATIONS_DIR, SQL_DIR, apply_sql_functions, migrate
 
 WALLET_TABLES = """
     SELECT c.oid::regclass::text AS name

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from ledger_helpers import deposit, funded_wallet, new_wallet, transfer
 
-from api.cli import EXIT_VERIFY_TIMED_OUT, main
+from cli.main import EXIT_VERIFY_TIMED_OUT, main
 
 DIGEST = re.compile(r"^checkpoint: (v1:\d+:[0-9a-f]{64})$", re.MULTILINE)
 

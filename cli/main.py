@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
-import os
 import secrets
 import shutil
 import signal
@@ -14,32 +12,31 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
-import psycopg
+import asyncpg
 
 from api.auth import SCOPES, mint_token
-from api.database import DatabaseNotConfigured, database_url
-from api.logs import configure_logging
-from api.migrate import DEFAULT_LOCK_TIMEOUT_SECONDS, MigrationLockTimeout, migrate
-from api.settings import SettingsError, load_settings
+from core import ledger
+from core.database import DatabaseNotConfigured, database_url
+from core.logs import configure_logging
+from core.migrate import DEFAULT_LOCK_TIMEOUT_SECONDS, MigrationLockTimeout, migrate
+from core.settings import Settings, SettingsError, child_environment, export_to_children, load_settings
+from jobs.app import run_worker
 
 DEV_SECRET_FILE = "jwt-secret"
 DEV_TOKEN_TTL_SECONDS = 24 * 3600
-WORKER_RESTART_DELAY_SECONDS = 1.0
 VERIFY_TIMEOUT_SECONDS = 900
 EXIT_VERIFY_TIMED_OUT = 3
 # `wallet migrate` gave up waiting for another session's migration lock: EX_TEMPFAIL of
 # sysexits.h (try again later), apart from 1 (errors) and 2 (usage, configuration).
 EXIT_MIGRATION_LOCKED = 75
 
-logger = logging.getLogger("wallet.cli")
 
-
-def cmd_migrate(args: argparse.Namespace) -> int:
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     try:
-        applied = migrate(database_url(), lock_timeout=args.lock_timeout)
+        applied = migrate(database_url(settings), lock_timeout=args.lock_timeout)
     except MigrationLockTimeout as error:
         print(f"wallet migrate: {error}", file=sys.stderr)
         return EXIT_MIGRATION_LOCKED
@@ -54,31 +51,29 @@ def _non_negative_seconds(text: str) -> float:
     return seconds
 
 
-def cmd_verify(args: argparse.Namespace) -> int:
+def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     """Check the ledger (everything, or what changed since a checkpoint), optionally against a
     kept digest, and on success optionally record a checkpoint and print its digest."""
-    with psycopg.connect(database_url(), autocommit=True) as connection:
-        # PostgreSQL ignores a statement_timeout set on a function: the caller brings the limit.
-        connection.execute("SELECT set_config('statement_timeout', %s, false)", (f"{args.timeout}s",))
+    return asyncio.run(_verify(args, database_url(settings)))
+
+
+async def _verify(args: argparse.Namespace, url: str) -> int:
+    # PostgreSQL ignores a statement_timeout set on a function: the caller brings the limit.
+    connection = await asyncpg.connect(url, server_settings={"statement_timeout": f"{args.timeout}s"})
+    try:
         try:
             if args.since is not None:
-                violations = connection.execute(
-                    "SELECT check_name, detail FROM wallet.verify_ledger_since(%s)", (args.since,)
-                ).fetchall()
+                violations = await ledger.verify_ledger_since(connection, args.since)
             else:
-                violations = connection.execute(
-                    "SELECT check_name, detail FROM wallet.verify_ledger()"
-                ).fetchall()
+                violations = await ledger.verify_ledger(connection)
             if args.against is not None:
-                violations += connection.execute(
-                    "SELECT check_name, detail FROM wallet.verify_checkpoint(%s)", (args.against,)
-                ).fetchall()
-        except psycopg.errors.QueryCanceled:
+                violations += await ledger.verify_checkpoint(connection, args.against)
+        except asyncpg.QueryCanceledError:
             print(f"wallet: verify did not finish within --timeout {args.timeout} s", file=sys.stderr)
             return EXIT_VERIFY_TIMED_OUT
-        except psycopg.Error as error:
+        except asyncpg.PostgresError as error:
             if error.sqlstate == "WI400":
-                print(f"wallet: {error.diag.message_primary}", file=sys.stderr)
+                print(f"wallet: {error.message}", file=sys.stderr)
                 return 2
             raise
         for check_name, detail in violations:
@@ -89,40 +84,44 @@ def cmd_verify(args: argparse.Namespace) -> int:
         scope = "since the checkpoint before " + args.since.isoformat() if args.since else "in full"
         print(f"ledger consistent ({scope}{', and extends ' + args.against if args.against else ''})")
         if args.checkpoint:
-            digest = connection.execute("SELECT wallet.ledger_checkpoint()").fetchone()[0]
-            print(f"checkpoint: {digest}")
-    return 0
+            print(f"checkpoint: {await ledger.ledger_checkpoint(connection)}")
+        return 0
+    finally:
+        await connection.close()
 
 
-def cmd_stats(args: argparse.Namespace) -> int:
+def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
     """Delayed-deposit settlement figures (wallet.settlement_stats) as one JSON object."""
-    with psycopg.connect(database_url()) as connection:
-        cursor = connection.execute(
-            "SELECT * FROM wallet.settlement_stats(make_interval(mins => %s))", (args.minutes,)
-        )
-        row = cursor.fetchone()
-        names = [column.name for column in cursor.description]
-    print(json.dumps(dict(zip(names, row, strict=True))))
+
+    async def stats() -> dict:
+        connection = await asyncpg.connect(database_url(settings))
+        try:
+            return dict(await ledger.settlement_stats(connection, timedelta(minutes=args.minutes)))
+        finally:
+            await connection.close()
+
+    print(json.dumps(asyncio.run(stats()), default=str))
     return 0
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
-    settings = load_settings()  # fail fast, in the parent, with the setting's name
+    settings.jwt_verification_key  # fail fast, in the parent, naming the setting  # noqa: B018
     if settings.database_url is None:
-        # One embedded server for every worker process, started here.
-        os.environ["DATABASE_URL"] = database_url()
+        # One embedded server for every worker process, started here; uvicorn's processes
+        # read their settings again from the environment.
+        export_to_children(DATABASE_URL=database_url(settings))
     # uvicorn drains on SIGTERM/SIGINT (in-flight requests finish, the pool closes), then
     # re-raises the signal; a requested stop is a clean exit, so it lands here as exit 0.
     for stop_signal in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop_signal, _exit_cleanly)
     metrics_dir = None
-    if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    if args.workers > 1 and settings.metrics_dir is None:
         # Each process counts what it serves in files here; /metrics, answered by any one of
-        # them, sums them all (Litestar's Prometheus controller reads this variable).
+        # them, sums them all (prometheus_client and Litestar read this variable).
         metrics_dir = tempfile.mkdtemp(prefix="wallet-metrics-")
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        export_to_children(PROMETHEUS_MULTIPROC_DIR=metrics_dir)
     try:
         uvicorn.run(
             "api.app:create_asgi_app",
@@ -146,58 +145,22 @@ def _exit_cleanly(*_: object) -> None:
     raise SystemExit(0)
 
 
-def cmd_worker(args: argparse.Namespace) -> int:
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     """The job worker; SIGTERM (or Ctrl-C) lets running jobs finish, then exits 0."""
-    import procrastinate.exceptions
-
-    from api.settings import load_worker_settings
-    from jobs.app import create_app
-
-    settings = load_worker_settings()
     configure_logging(settings.log_level)
-    concurrency = args.concurrency or settings.concurrency
-    app = create_app(concurrency=concurrency)
-
-    async def work() -> None:
-        async with app.open_async():
-            while True:
-                try:
-                    await app.run_worker_async(
-                        concurrency=concurrency,
-                        fetch_job_polling_interval=settings.poll_seconds,
-                        listen_notify=settings.listen_notify,
-                        install_signal_handlers=True,
-                    )
-                    return  # stopped by SIGTERM or SIGINT
-                except procrastinate.exceptions.ConnectorException:
-                    # The database went away under the worker (restart, failover, a killed
-                    # connection): jobs it was running are retried as stalled; start again.
-                    logger.warning("worker lost its database connection; restarting", exc_info=True)
-                    if await _stop_requested_within(WORKER_RESTART_DELAY_SECONDS):
-                        return
-
-    asyncio.run(work())
+    asyncio.run(run_worker(settings, database_url(settings), args.concurrency or settings.worker_concurrency))
     return 0
 
 
-async def _stop_requested_within(seconds: float) -> bool:
-    """Wait, honouring SIGTERM/SIGINT (the worker's own handlers are off between runs)."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for stop_signal in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(stop_signal, stop.set)
-    try:
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
-    except TimeoutError:
-        pass
-    finally:
-        for stop_signal in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(stop_signal)
-    return stop.is_set()
-
-
-def cmd_token(args: argparse.Namespace) -> int:
-    secret = os.environ.get("WALLET_JWT_SECRET") or _dev_secret(create=False)
+def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
+    if settings.jwt_algorithm != "HS256":
+        print(
+            f"wallet: tokens for WALLET_JWT_ALGORITHM={settings.jwt_algorithm} are signed by your "
+            "identity provider; `wallet token` mints HS256 tokens only",
+            file=sys.stderr,
+        )
+        return 2
+    secret = settings.jwt_secret or _dev_secret(settings.data_dir, create=False)
     if not secret:
         print(
             "wallet: set WALLET_JWT_SECRET (or start `make run` once to create a dev secret)",
@@ -219,35 +182,38 @@ def cmd_token(args: argparse.Namespace) -> int:
             scopes=scopes,
             owner_id=args.owner_id,
             ttl_seconds=args.ttl,
-            audience=os.environ.get("WALLET_JWT_AUDIENCE") or None,
-            issuer=os.environ.get("WALLET_JWT_ISSUER") or None,
+            audience=settings.jwt_audience,
+            issuer=settings.jwt_issuer,
         )
     )
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     """The whole service for local use: database, migrations, API and worker; Ctrl-C stops it all."""
-    os.environ["DATABASE_URL"] = database_url()  # the embedded server lives as long as this process
-    os.environ.setdefault("WALLET_JWT_SECRET", _dev_secret(create=True))
-    load_settings()
-    migrate(os.environ["DATABASE_URL"])
+    url = database_url(settings)  # the embedded server lives as long as this process
+    secret = settings.jwt_secret or _dev_secret(settings.data_dir, create=True)
+    migrate(url)
     token = mint_token(
-        os.environ["WALLET_JWT_SECRET"],
+        secret,
         sub="dev",
         scopes=list(SCOPES),
         ttl_seconds=DEV_TOKEN_TTL_SECONDS,
+        audience=settings.jwt_audience,
+        issuer=settings.jwt_issuer,
     )
     base = f"http://{args.host}:{args.port}"
     print(
         f"\nWallet service on {base}\n  docs:  {base}/schema\n  token: {token}\n"
-        f"  try:   curl -H 'Authorization: Bearer $TOKEN' {base}/v1/wallets\n",
+        f"  try:   TOKEN={token}\n"
+        f'         curl -H "Authorization: Bearer $TOKEN" {base}/v1/wallets\n',
         flush=True,
     )
-    wallet = [sys.executable, "-m", "api.cli"]
+    environment = child_environment(DATABASE_URL=url, WALLET_JWT_SECRET=secret)
+    wallet = [sys.executable, "-m", "cli"]
     children = [
-        subprocess.Popen([*wallet, "serve", "--host", args.host, "--port", str(args.port)]),
-        subprocess.Popen([*wallet, "worker"]),
+        subprocess.Popen([*wallet, "serve", "--host", args.host, "--port", str(args.port)], env=environment),
+        subprocess.Popen([*wallet, "worker"], env=environment),
     ]
     return _supervise(children)
 
@@ -271,8 +237,9 @@ def _supervise(children: list[subprocess.Popen]) -> int:
     return 0 if stopping else max(codes)
 
 
-def _dev_secret(*, create: bool) -> str | None:
-    path = Path(os.environ.get("WALLET_DATA_DIR") or ".wallet") / DEV_SECRET_FILE
+def _dev_secret(data_dir: Path, *, create: bool) -> str | None:
+    """The HS256 secret of `make run`, kept under WALLET_DATA_DIR (created on first use)."""
+    path = data_dir / DEV_SECRET_FILE
     if path.exists():
         return path.read_text().strip()
     if not create:
@@ -370,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.handler(args)
+        return args.handler(args, load_settings())
     except (DatabaseNotConfigured, SettingsError) as error:
         print(f"wallet: {error}", file=sys.stderr)
         return 2
