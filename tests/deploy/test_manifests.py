@@ -15,6 +15,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -643,12 +644,17 @@ def _assignments(stage: list[tuple[str, str]], instruction: str) -> dict[str, st
     return found
 
 
-def test_containerfile_builds_in_two_stages_on_pinned_python_311_slim():
+def test_containerfile_builds_in_two_stages_on_python_311_slim_pinned_by_digest():
     stages = _stages()
     assert len(stages) >= 2
-    for stage in stages:
-        image = stage[0][1].split()[0]
-        assert re.fullmatch(r"(docker\.io/library/)?python:3\.11-slim-bookworm", image), image
+    images = {stage[0][1].split()[0] for stage in stages}
+    assert len(images) == 1, images  # both stages on the same base
+    [image] = images
+    assert re.fullmatch(
+        r"(docker\.io/library/)?python:3\.11(\.\d+)?-slim-bookworm@sha256:[0-9a-f]{64}", image
+    ), image
+    labels = _assignments(stages[-1], "LABEL")
+    assert labels["org.opencontainers.image.base.name"] == image
 
 
 def test_build_stage_installs_locked_wheels_without_the_embedded_postgresql():
@@ -678,7 +684,10 @@ def test_image_runs_the_wheel_it_built_not_the_source_tree():
     installs it, pinned by requirements.lock, in /opt/venv; the final stage copies that alone."""
     build, final = _stages()[0], _stages()[-1]
     copied = {arguments.split()[0].rstrip("/") for instruction, arguments in build if instruction == "COPY"}
-    assert {"api", "jobs", "sql", "migrations"} <= copied
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["hatch"]["build"]["targets"][
+        "wheel"
+    ]
+    assert {*packages["packages"], "sql", "migrations"} <= copied
     runs = " ".join(arguments for instruction, arguments in build if instruction == "RUN")
     assert re.search(r"pip wheel [^&;]*--no-deps", runs)
     assert re.search(r"pip install -c requirements\.lock \S+\.whl", runs)
