@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test soak fuzz lint format bench lock clean pgbouncer
+.PHONY: install run test soak fuzz lint docs format bench lock clean pgbouncer
 
 install: $(STAMP)
 
@@ -49,6 +49,10 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/sqlfluff lint --disable-progress-bar sql migrations
 	$(BIN)/pytest -q -p no:cacheprovider tests/deploy
+
+# docs/errors.md is generated from the one error table, core/errors.py (a test checks it).
+docs: install
+	$(BIN)/python -m core.errors > docs/errors.md
 
 format: install
 	$(BIN)/ruff check --fix .

@@ -83,3 +83,18 @@ def test_importing_the_packages_reads_no_setting():
 def test_each_package_says_what_it_holds(package):
     docstring = ast.get_docstring(ast.parse((ROOT / package / "__init__.py").read_text()))
     assert docstring and "(later)" not in docstring and "saga" not in docstring
+
+
+def test_only_core_ledger_calls_the_ledgers_functions():
+    """Handlers, tasks and commands call core.ledger's coroutines; none spells SQL arguments."""
+    calls = {}
+    for package in PACKAGES:
+        for path in _modules(package):
+            if path == ROOT / "core" / "ledger.py":
+                continue
+            found = re.findall(r"\$\d|\b(?:SELECT|CALL)\b[^\"']*\bwallet\.\w+\(", path.read_text())
+            if found:
+                calls[str(path.relative_to(ROOT))] = found
+    assert not calls
+    ledger = (ROOT / "core" / "ledger.py").read_text()
+    assert len(set(re.findall(r"\bwallet\.(\w+)\(", ledger))) >= 20
