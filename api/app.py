@@ -5,7 +5,6 @@ from __future__ import annotations
 from litestar import Litestar, Response, Router
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 
@@ -13,6 +12,7 @@ from api.audit import LedgerController
 from api.auth import TokenVerifier, authorize
 from api.commission import CommissionController
 from api.dependencies import provide_caller, provide_write
+from api.docs import docs_assets, docs_page
 from api.errors import EXCEPTION_HANDLERS, problem
 from api.lifespan import database_lifespan
 from api.movements import MovementController
@@ -67,6 +67,7 @@ def create_app(settings: Settings) -> Litestar:
             healthz,
             readyz,
             MetricsController,
+            docs_assets(),
         ],
         dependencies={
             "caller": Provide(provide_caller, sync_to_thread=False),
@@ -83,7 +84,7 @@ def create_app(settings: Settings) -> Litestar:
             version="1.0.0",
             description="Merchant wallets in IRR: deposits, withdrawals, transfers, history, commission.",
             path="/schema",
-            render_plugins=[SwaggerRenderPlugin(path="/")],
+            render_plugins=[docs_page()],
             openapi_router=Router(
                 "/schema", route_handlers=[], include_in_schema=False, after_request=_problem_for_no_page
             ),
