@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test soak fuzz lint docs format bench lock clean pgbouncer
+.PHONY: install run test soak fuzz lint docs format bench lock clean pgbouncer chromium
 
 install: $(STAMP)
 
@@ -19,7 +19,7 @@ run: install
 	$(BIN)/wallet run
 
 # pytest exits 5 when it collects no tests; make would report only its own status 2, so say why.
-test: install pgbouncer
+test: install pgbouncer chromium
 	@status=0; $(BIN)/pytest || status=$$?; \
 	if [ "$$status" -eq 5 ]; then \
 		echo "make test: pytest collected no tests (exit 5); that is a failure, not a pass" >&2; \
@@ -32,6 +32,13 @@ pgbouncer:
 		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 		  apt-get install -y -qq pgbouncer >/dev/null 2>&1; } || \
 		echo "pgbouncer not installed: its test will be skipped"
+
+# Headless Chromium for the docs page's browser test (Debian's package); skipped where missing.
+chromium:
+	@command -v chromium >/dev/null || \
+		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		  apt-get install -y -qq chromium >/dev/null 2>&1; } || \
+		echo "chromium not installed: the docs page's browser test will be skipped"
 
 soak: install
 	$(BIN)/pytest -m soak
