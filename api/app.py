@@ -34,6 +34,26 @@ API_CONTROLLERS = [
 ]
 
 
+API_DESCRIPTION = """Merchant wallets in IRR: deposits (instant or scheduled), withdrawals, transfers,
+history and commission. Amounts are JSON integers of rials, 1 to 10^15; never strings or floats.
+
+**Authentication.** Every `/v1` operation needs `Authorization: Bearer <JWT>`, signed with the
+service's key (HS256 by default). The token carries `sub` (who calls), `exp`, and `scope`: the
+space-separated scopes it grants (`wallets:read`, `wallets:create`, `wallets:admin`,
+`deposits:write`, `withdrawals:write`, `transfers:write`, `commissions:read`,
+`commissions:write`, `ledger:audit`); each operation names the one it needs. A token with an
+`owner_id` claim acts only on that owner's wallets (another owner's wallet is 404; it may still
+transfer *to* any wallet); a token without one is a service token.
+
+**Idempotency.** Every POST takes an `Idempotency-Key` (1 to 255 printable ASCII characters),
+scoped to the token's `sub`: a retry with the same key and request returns the first response
+with `Idempotent-Replayed: true` and moves no money again; the same key with another request is
+`409 idempotency_key_reused`. Keys are kept 48 hours.
+
+**Errors** are `application/problem+json` with a stable `code`; each operation lists the codes it
+may answer and what they mean."""
+
+
 async def _problem_for_no_page(response: Response) -> Response:
     """Litestar answers a /schema/... path that names no page with an HTML 404; this API
     answers every error with problem+json."""
@@ -63,7 +83,7 @@ def create_app(settings: Settings) -> Litestar:
     )
     app = Litestar(
         route_handlers=[
-            Router("/", route_handlers=API_CONTROLLERS, guards=[authorize], security=[{"bearer": []}]),
+            Router("/", route_handlers=API_CONTROLLERS, guards=[authorize]),
             healthz,
             readyz,
             MetricsController,
@@ -82,7 +102,8 @@ def create_app(settings: Settings) -> Litestar:
         openapi_config=OpenAPIConfig(
             title="Wallet service",
             version="1.0.0",
-            description="Merchant wallets in IRR: deposits, withdrawals, transfers, history, commission.",
+            description=API_DESCRIPTION,
+            use_handler_docstrings=True,
             path="/schema",
             render_plugins=[docs_page()],
             openapi_router=Router(

@@ -9,6 +9,7 @@ from litestar.datastructures import State
 from api.dependencies import Caller
 from api.errors import ApiError, problem_responses
 from api.schemas import LedgerReport, Violation, from_record
+from api.scopes import requires
 from core import ledger
 
 
@@ -18,12 +19,15 @@ class LedgerController(Controller):
 
     @get(
         "/verify",
-        opt={"scope": "ledger:audit"},
+        **requires("ledger:audit"),
         operation_id="verifyLedger",
+        summary="Check the ledger",
         responses=problem_responses("verify_timeout"),
     )
     async def verify(self, caller: Caller, state: State) -> LedgerReport:
-        """Check the whole ledger; ok is true when no check finds a violation."""
+        """Run every consistency check over the whole ledger (double entry per transaction, each
+        balance against its entries, pending against scheduled deposits, the hash chains); `ok` is true
+        when none finds a violation. Read-only, as the auditor role, within WALLET_VERIFY_TIMEOUT_SECONDS."""
         records = await _verify_ledger(caller.pool, state.settings.verify_timeout_seconds)
         violations = [from_record(Violation, record) for record in records]
         return LedgerReport(ok=not violations, violations=violations)

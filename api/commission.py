@@ -10,6 +10,7 @@ from litestar.params import Parameter
 from api.dependencies import Caller
 from api.errors import ApiError, problem_responses
 from api.schemas import CommissionRule, CommissionRuleRequest, CommissionRules, Operation, from_record
+from api.scopes import requires
 from core import ledger
 
 
@@ -19,13 +20,15 @@ class CommissionController(Controller):
 
     @get(
         "/",
-        opt={"scope": "commissions:read"},
+        **requires("commissions:read"),
         operation_id="listCommissionRules",
+        summary="Commission rules in force",
         responses=problem_responses(),
     )
     async def list_rules(self, caller: Caller) -> CommissionRules:
-        """The rules in force: per operation a default and per-owner overrides; an owner's token
-        sees, per operation, the one rule that applies to its owner."""
+        """Per operation (deposit, withdrawal, transfer) the default rule and per-owner overrides; an
+        owner's token sees, per operation, the one rule that applies to it.
+        `fee = clamp(fixed + round_half_up(amount * rate_bps / 10000), min_fee, max_fee)`."""
         if caller.owner_id is None:
             records = await ledger.commission_rules_in_force(caller.pool)
         else:
@@ -34,8 +37,9 @@ class CommissionController(Controller):
 
     @put(
         "/{operation:str}",
-        opt={"scope": "commissions:write"},
+        **requires("commissions:write"),
         operation_id="setCommissionRule",
+        summary="Set a commission rule",
         responses=problem_responses("payload_too_large"),
     )
     async def set_rule(
@@ -44,7 +48,8 @@ class CommissionController(Controller):
         data: CommissionRuleRequest,
         caller: Caller,
     ) -> CommissionRule:
-        """Put a rule in force for operations created from now on; the old rule stays in history."""
+        """Put a rule in force for operations created from now on (a scheduled deposit keeps the fee
+        fixed when it was scheduled); the old rule stays in history. Service tokens only."""
         if caller.owner_id is not None:
             raise ApiError(403, "forbidden", "commission rules are set by service tokens only")
         record = await ledger.set_commission_rule(

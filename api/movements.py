@@ -10,6 +10,7 @@ from api.dependencies import Write
 from api.errors import problem_responses
 from api.responses import created
 from api.schemas import DepositRequest, Transaction, TransferRequest, WithdrawalRequest, from_record
+from api.scopes import requires
 from core import ledger
 
 MOVEMENT_CODES = ("not_found", "wallet_not_active", "idempotency_key_reused", "payload_too_large")
@@ -21,12 +22,18 @@ class MovementController(Controller):
 
     @post(
         "/wallets/{wallet_id:str}/deposits",
-        opt={"scope": "deposits:write"},
+        **requires("deposits:write"),
         operation_id="deposit",
+        summary="Deposit",
         responses=problem_responses(*MOVEMENT_CODES, "amount_below_fee", "balance_limit_exceeded"),
     )
     async def deposit(self, wallet_id: UUID, data: DepositRequest, write: Write) -> Response[Transaction]:
-        """Deposit into a wallet: it is credited amount - fee, now or at available_at."""
+        """Credit the wallet `amount - fee` (the deposit rule in force gives the fee). Without
+        `available_at` (or with one within a second) it posts at once; with one up to 366 days ahead it is
+        scheduled: `pending` grows now, and the worker settles it exactly once at that time.
+
+        Locks the wallet row for the write; the whole deposit is one database transaction. Idempotent with
+        `Idempotency-Key`: a retry returns the first response and moves no money again."""
         record = await ledger.deposit(
             write.pool, write.actor, wallet_id, data.amount, data.reference, data.metadata, data.available_at
         )
@@ -34,12 +41,17 @@ class MovementController(Controller):
 
     @post(
         "/wallets/{wallet_id:str}/withdrawals",
-        opt={"scope": "withdrawals:write"},
+        **requires("withdrawals:write"),
         operation_id="withdraw",
+        summary="Withdraw",
         responses=problem_responses(*MOVEMENT_CODES, "insufficient_funds"),
     )
     async def withdraw(self, wallet_id: UUID, data: WithdrawalRequest, write: Write) -> Response[Transaction]:
-        """Withdraw from a wallet: it is debited amount + fee."""
+        """Debit the wallet `amount + fee` (the withdrawal rule in force gives the fee); the money leaves
+        to the outside world. `422 insufficient_funds` when `available` cannot cover it; nothing moves then.
+
+        Locks the wallet row, checks and writes in one transaction, so parallel withdrawals never
+        overdraw. Idempotent with `Idempotency-Key`."""
         record = await ledger.withdraw(
             write.pool, write.actor, wallet_id, data.amount, data.reference, data.metadata
         )
@@ -47,8 +59,9 @@ class MovementController(Controller):
 
     @post(
         "/transfers",
-        opt={"scope": "transfers:write"},
+        **requires("transfers:write"),
         operation_id="transfer",
+        summary="Transfer between wallets",
         responses=problem_responses(
             *MOVEMENT_CODES,
             "insufficient_funds",
@@ -58,7 +71,11 @@ class MovementController(Controller):
         ),
     )
     async def transfer(self, data: TransferRequest, write: Write) -> Response[Transaction]:
-        """Transfer between wallets: the sender pays amount + fee, the receiver gets amount."""
+        """The sender pays `amount + fee`, the receiver gets `amount` (same currency). An owner's token
+        sends from its own wallets, to any wallet.
+
+        Locks both wallet rows in wallet-id order (no deadlock between opposite transfers), checks and
+        writes in one transaction. Idempotent with `Idempotency-Key`."""
         record = await ledger.transfer(
             write.pool,
             write.actor,

@@ -10,6 +10,7 @@ from api.dependencies import Caller, Write
 from api.errors import problem_responses
 from api.responses import ok
 from api.schemas import Transaction, from_record
+from api.scopes import requires
 from core import ledger
 
 
@@ -19,23 +20,27 @@ class TransactionController(Controller):
 
     @get(
         "/{transaction_id:str}",
-        opt={"scope": "wallets:read"},
+        **requires("wallets:read"),
         operation_id="getTransaction",
+        summary="Read a transaction",
         responses=problem_responses("not_found"),
     )
     async def get_transaction(self, transaction_id: UUID, caller: Caller) -> Transaction:
-        """Read a transaction (either side of a transfer may read it)."""
+        """A transaction by id; either side of a transfer may read it."""
         record = await ledger.get_transaction(caller.pool, caller.owner_id, transaction_id)
         return from_record(Transaction, record)
 
     @post(
         "/{transaction_id:str}/cancel",
-        opt={"scope": "deposits:write"},
+        **requires("deposits:write"),
         operation_id="cancelDeposit",
+        summary="Cancel a scheduled deposit",
         status_code=200,
         responses=problem_responses("not_found", "transaction_not_cancelable", "idempotency_key_reused"),
     )
     async def cancel(self, transaction_id: UUID, write: Write) -> Response[Transaction]:
-        """Cancel a scheduled deposit before it settles; its pending amount is released."""
+        """Cancel a deposit that has not settled yet; its pending amount is released. Locks the deposit
+        row, then the wallet (the order settlement uses), so a cancel racing the settlement ends in exactly
+        one outcome. Idempotent with `Idempotency-Key`."""
         record = await ledger.cancel_deposit(write.pool, write.actor, transaction_id)
         return ok(from_record(Transaction, record), record)

@@ -22,6 +22,7 @@ from api.schemas import (
     WalletPage,
     from_record,
 )
+from api.scopes import requires
 from core import ledger
 
 Limit = Annotated[int, Parameter(ge=1, le=PAGE_LIMIT_MAX, description="Page size")]
@@ -50,13 +51,17 @@ class WalletController(Controller):
 
     @post(
         "/",
-        opt={"scope": "wallets:create"},
+        **requires("wallets:create"),
         operation_id="openWallet",
+        summary="Open a wallet",
         responses=problem_responses("idempotency_key_reused", "payload_too_large"),
         status_code=201,
     )
     async def open_wallet(self, data: OpenWalletRequest, write: Write) -> Response[Wallet]:
-        """Open a wallet for an owner."""
+        """Open a wallet for an owner, in IRR unless `currency` says otherwise; it starts active and empty.
+
+        An owner's token opens wallets for its own `owner_id` only. Idempotent with `Idempotency-Key`: a
+        retry of the same request returns the same wallet (`Idempotent-Replayed: true`)."""
         if write.caller.owner_id is not None and data.owner_id != write.caller.owner_id:
             raise ApiError(403, "forbidden", "this token opens wallets for its own owner_id only")
         record = await ledger.open_wallet(
@@ -66,16 +71,24 @@ class WalletController(Controller):
 
     @get(
         "/{wallet_id:str}",
-        opt={"scope": "wallets:read"},
+        **requires("wallets:read"),
         operation_id="getWallet",
+        summary="Read a wallet",
         responses=problem_responses("not_found"),
     )
     async def get_wallet(self, wallet_id: UUID, caller: Caller) -> Wallet:
-        """Read a wallet."""
+        """A wallet's balance (posted money), `available` (what can be spent now) and `pending` (scheduled
+        deposits not yet settled). Reads lock nothing. Another owner's wallet is 404, never 200."""
         record = await ledger.get_wallet(caller.pool, caller.owner_id, wallet_id)
         return from_record(Wallet, record)
 
-    @get("/", opt={"scope": "wallets:read"}, operation_id="listWallets", responses=problem_responses())
+    @get(
+        "/",
+        **requires("wallets:read"),
+        operation_id="listWallets",
+        summary="List wallets",
+        responses=problem_responses(),
+    )
     async def list_wallets(
         self,
         caller: Caller,
@@ -83,7 +96,8 @@ class WalletController(Controller):
         limit: Limit = PAGE_LIMIT_DEFAULT,
         cursor: WalletCursor = None,
     ) -> WalletPage:
-        """List wallets, oldest first; an owner's token sees its own wallets only."""
+        """Wallets oldest first, in keyset pages (`limit` 1 to 500, `cursor` from `next_cursor`); an
+        owner's token sees its own wallets only."""
         if caller.owner_id is not None:
             if owner_id not in (None, caller.owner_id):
                 return WalletPage(items=[], next_cursor=None)
@@ -95,44 +109,50 @@ class WalletController(Controller):
 
     @post(
         "/{wallet_id:str}/freeze",
-        opt={"scope": "wallets:admin"},
+        **requires("wallets:admin"),
         operation_id="freezeWallet",
+        summary="Freeze a wallet",
         status_code=200,
         responses=problem_responses("not_found", "wallet_not_active", "idempotency_key_reused"),
     )
     async def freeze(self, wallet_id: UUID, write: Write) -> Response[Wallet]:
-        """Freeze a wallet: no money moves in or out until it is unfrozen."""
+        """No money moves in or out of a frozen wallet until it is unfrozen; scheduled deposits wait (and
+        are retried) until then. Locks the wallet row; idempotent with `Idempotency-Key`."""
         record = await ledger.change_wallet_status(write.pool, write.actor, "freeze", wallet_id)
         return ok(from_record(Wallet, record), record)
 
     @post(
         "/{wallet_id:str}/unfreeze",
-        opt={"scope": "wallets:admin"},
+        **requires("wallets:admin"),
         operation_id="unfreezeWallet",
+        summary="Unfreeze a wallet",
         status_code=200,
         responses=problem_responses("not_found", "wallet_not_active", "idempotency_key_reused"),
     )
     async def unfreeze(self, wallet_id: UUID, write: Write) -> Response[Wallet]:
-        """Unfreeze a frozen wallet."""
+        """Money moves again. Locks the wallet row; idempotent with `Idempotency-Key`."""
         record = await ledger.change_wallet_status(write.pool, write.actor, "unfreeze", wallet_id)
         return ok(from_record(Wallet, record), record)
 
     @post(
         "/{wallet_id:str}/close",
-        opt={"scope": "wallets:admin"},
+        **requires("wallets:admin"),
         operation_id="closeWallet",
+        summary="Close a wallet",
         status_code=200,
         responses=problem_responses("not_found", "wallet_not_empty", "idempotency_key_reused"),
     )
     async def close(self, wallet_id: UUID, write: Write) -> Response[Wallet]:
-        """Close an empty wallet, for good."""
+        """Close an empty wallet (balance and pending both 0), for good: a closed wallet takes no money and
+        cannot be reopened. Locks the wallet row; idempotent with `Idempotency-Key`."""
         record = await ledger.change_wallet_status(write.pool, write.actor, "close", wallet_id)
         return ok(from_record(Wallet, record), record)
 
     @get(
         "/{wallet_id:str}/transactions",
-        opt={"scope": "wallets:read"},
+        **requires("wallets:read"),
         operation_id="walletHistory",
+        summary="A wallet's history",
         responses=problem_responses("not_found"),
     )
     async def history(
@@ -145,7 +165,9 @@ class WalletController(Controller):
         since: Annotated[str | None, time_bound(description="inclusive")] = None,
         until: Annotated[str | None, time_bound(description="exclusive")] = None,
     ) -> HistoryPage:
-        """A wallet's history, newest first; posted amounts sum to the balance."""
+        """The wallet's transactions, newest first, in keyset pages; `amount` is the signed net effect on
+        this wallet and `balance_after` its balance after it, so the posted items sum to the balance.
+        Filter by `kind` and by time (`since` inclusive, `until` exclusive)."""
         records = await ledger.wallet_history(
             caller.pool,
             caller.owner_id,

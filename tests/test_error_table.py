@@ -65,3 +65,21 @@ def test_each_operation_lists_its_error_codes_with_the_tables_status_and_meaning
                     assert (BY_CODE[code].status, BY_CODE[code].meaning) == (int(status), meaning)
                     listed += 1
     assert listed > 50
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_each_operation_has_a_summary_a_description_and_its_scope(document):
+    from api.auth import SCOPES
+
+    operations = [
+        operation
+        for path, methods in document["paths"].items()
+        if path.startswith("/v1/")
+        for operation in methods.values()
+    ]
+    assert len(operations) >= 15
+    for operation in operations:
+        assert operation["summary"] and len(operation["description"]) > 60, operation["operationId"]
+        [requirement] = operation["security"]
+        [scope] = requirement["bearer"]
+        assert scope in SCOPES
