@@ -26,7 +26,8 @@ class TransactionController(Controller):
         responses=problem_responses("not_found"),
     )
     async def get_transaction(self, transaction_id: UUID, caller: Caller) -> Transaction:
-        """A transaction by id; either side of a transfer may read it."""
+        """A transaction by id, with its status (scheduled, posted, canceled or failed, with
+        `failure_reason`); either side of a transfer may read it. Reads lock nothing."""
         record = await ledger.get_transaction(caller.pool, caller.owner_id, transaction_id)
         return from_record(Transaction, record)
 
