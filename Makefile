@@ -15,8 +15,11 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev,embedded]'
 	touch $(STAMP)
 
+# make run HOST=0.0.0.0 PORT=8080 to listen elsewhere.
+HOST ?= 127.0.0.1
+PORT ?= 8000
 run: install
-	$(BIN)/wallet run
+	$(BIN)/wallet run --host $(HOST) --port $(PORT)
 
 # pytest exits 5 when it collects no tests; make would report only its own status 2, so say why.
 test: install pgbouncer chromium
