@@ -21,7 +21,13 @@ from api.auth import SCOPES, mint_token
 from core import ledger
 from core.database import DatabaseNotConfigured, database_url
 from core.logs import configure_logging
-from core.migrate import DEFAULT_LOCK_TIMEOUT_SECONDS, MigrationLockTimeout, migrate
+from core.migrate import (
+    DEFAULT_LOCK_TIMEOUT_SECONDS,
+    MigrationLockTimeout,
+    MigrationNotAdditive,
+    migrate,
+    run_migrations,
+)
 from core.settings import Settings, SettingsError, child_environment, export_to_children, load_settings
 from jobs.app import run_worker
 
@@ -35,12 +41,25 @@ EXIT_MIGRATION_LOCKED = 75
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    """Before a rollout: the migrations and sql/, adding only. With --post, after it: those,
+    then the post-deploy steps that remove what only the previous release used. One
+    transaction either way (README, "Upgrades and rolling deploys")."""
     try:
-        applied = migrate(database_url(settings), lock_timeout=args.lock_timeout)
+        run = run_migrations(database_url(settings), lock_timeout=args.lock_timeout, post=args.post)
     except MigrationLockTimeout as error:
         print(f"wallet migrate: {error}", file=sys.stderr)
         return EXIT_MIGRATION_LOCKED
-    print(f"migrations applied: {', '.join(applied) or 'none (up to date)'}; sql/ functions re-applied")
+    except MigrationNotAdditive as error:
+        print(f"wallet migrate: {error}", file=sys.stderr)
+        return 1
+    print(f"migrations applied: {', '.join(run.applied) or 'none (up to date)'}; sql/ functions re-applied")
+    if args.post:
+        print(f"post-deploy steps applied: {', '.join(run.post_applied) or 'none (nothing to remove)'}")
+    elif run.post_pending:
+        print(
+            f"post-deploy steps pending: {', '.join(run.post_pending)}; run `wallet migrate --post`"
+            " once no pod of the previous release runs"
+        )
     return 0
 
 
@@ -265,7 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wallet", description="Merchant wallet service")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    migrate_command = commands.add_parser("migrate", help="apply migrations and sql/ (idempotent)")
+    migrate_command = commands.add_parser(
+        "migrate",
+        help="apply migrations and sql/ in one transaction, adding only (idempotent); --post after a rollout",
+    )
     migrate_command.add_argument(
         "--lock-timeout",
         type=_non_negative_seconds,
@@ -273,6 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help=f"wait at most this long for another migration's lock, then exit {EXIT_MIGRATION_LOCKED}"
         f" naming its holder (default {DEFAULT_LOCK_TIMEOUT_SECONDS:g})",
+    )
+    migrate_command.add_argument(
+        "--post",
+        action="store_true",
+        help="after a rollout, once no pod of the previous release runs: also apply the post-deploy"
+        " steps (migrations/post/) that remove what only the previous release used",
     )
     migrate_command.set_defaults(handler=cmd_migrate)
     verify = commands.add_parser("verify", help="check the ledger; exit 1 on any violation")
