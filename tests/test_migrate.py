@@ -6,6 +6,7 @@ nothing through public where it can avoid it.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -27,9 +28,12 @@ from core.migrate import (
     MIGRATION_LOCK_KEY,
     MIGRATIONS_DIR,
     MigrationLockTimeout,
+    MigrationNotAdditive,
+    UnsupportedMigration,
     _yoyo_url,
     acquire_migration_lock,
     migrate,
+    run_migrations,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -393,3 +397,266 @@ def test_yoyo_searches_public_alone_and_keeps_the_urls_own_options(database_url)
         backend.connection.close()
 
     assert (search_path, statement_timeout) == ("public", "4321ms")
+
+
+# --- issue 10, item 8: one transaction, adding only, and post-deploy steps -----------------------
+
+
+@pytest.fixture
+def as_owner(database_url: str, owner_url: str) -> str:
+    """This test's database, logged in as wallet_owner, who migrates it in production."""
+    return with_database(owner_url, urlsplit(database_url).path.lstrip("/"))
+
+
+def migrations_with(tmp_path: Path, **extra: str) -> Path:
+    """A copy of migrations/ (without post/) plus extra migrations: {id: SQL}."""
+    folder = tmp_path / "migrations"
+    shutil.copytree(MIGRATIONS_DIR, folder, ignore=shutil.ignore_patterns("post", "__pycache__", "*.md"))
+    for migration_id, text in extra.items():
+        (folder / f"{migration_id}.sql").write_text(text)
+    return folder
+
+
+def post_steps(tmp_path: Path, **steps: str) -> Path:
+    """A folder of post-deploy steps: {id: SQL}."""
+    folder = tmp_path / "post"
+    folder.mkdir()
+    for step_id, text in steps.items():
+        (folder / f"{step_id}.sql").write_text(text)
+    return folder
+
+
+def applied_ids(connection: psycopg.Connection) -> set[str]:
+    return {row[0] for row in connection.execute("SELECT migration_id FROM public._yoyo_migration")}
+
+
+def function_oid(connection: psycopg.Connection, signature: str) -> int | None:
+    return connection.execute("SELECT to_regprocedure(%s)::oid", (signature,)).fetchone()[0]
+
+
+GET_WALLET = "wallet.get_wallet(text, uuid)"
+# The incident this guards against: a migration drops a function that sql/ re-creates later.
+DROP_GET_WALLET = f"-- depends: 0008_history_indexes\nDROP FUNCTION {GET_WALLET};\n"
+PROBE_TABLE = "CREATE TABLE wallet.upgrade_probe (id integer);\n"
+WALLET_DEFINITIONS = (
+    "SELECT oid, pg_get_functiondef(oid) AS definition, proacl::text AS acl FROM pg_proc"
+    " WHERE pronamespace = 'wallet'::regnamespace AND prokind = 'f' ORDER BY oid"
+)
+
+
+def test_a_failing_sql_file_leaves_the_pending_migrations_unapplied_and_the_old_functions_in_place(
+    as_owner, db, monkeypatch, tmp_path
+):
+    broken = tmp_path / "zz_broken.sql"
+    broken.write_text("SELECT 1 / 0;")
+    real_files = core.migrate.sql_files()
+    monkeypatch.setattr(core.migrate, "sql_files", lambda: [*real_files, broken])
+    monkeypatch.setattr(
+        core.migrate,
+        "MIGRATIONS_DIR",
+        migrations_with(tmp_path, **{"0998_probe": PROBE_TABLE, "0999_drop_get_wallet": DROP_GET_WALLET}),
+    )
+    before = function_oid(db, GET_WALLET)
+    definitions = rows(
+        db, "SELECT oid, pg_get_functiondef(oid) FROM pg_proc WHERE pronamespace = 'wallet'::regnamespace"
+    )
+
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        migrate(as_owner)
+
+    assert not {"0998_probe", "0999_drop_get_wallet"} & applied_ids(db)
+    assert db.execute("SELECT to_regclass('wallet.upgrade_probe')").fetchone() == (None,)
+    assert function_oid(db, GET_WALLET) == before is not None  # never dropped, not even re-created
+    assert (
+        rows(
+            db, "SELECT oid, pg_get_functiondef(oid) FROM pg_proc WHERE pronamespace = 'wallet'::regnamespace"
+        )
+        == definitions
+    )
+    # With sql/ fixed, the same run applies (and the failed one let go of the lock).
+    monkeypatch.setattr(core.migrate, "sql_files", lambda: real_files)
+    assert migrate(as_owner, lock_timeout=0) == ["0998_probe", "0999_drop_get_wallet"]
+
+
+def test_a_function_dropped_by_a_migration_and_recreated_by_sql_is_never_missing(
+    as_owner, db, monkeypatch, tmp_path
+):
+    """Callers keep calling it while the migration runs (the transaction stays open for a
+    while after the drop); every call succeeds, before, during and after the commit."""
+    slow = tmp_path / "zz_slow.sql"
+    slow.write_text("SELECT pg_sleep(1.5);")
+    real_files = core.migrate.sql_files()
+    monkeypatch.setattr(core.migrate, "sql_files", lambda: [*real_files, slow])
+    monkeypatch.setattr(
+        core.migrate, "MIGRATIONS_DIR", migrations_with(tmp_path, **{"0999_drop_get_wallet": DROP_GET_WALLET})
+    )
+    db.execute("SET ROLE wallet_app")
+    wallet_id = db.execute("SELECT id FROM wallet.open_wallet('svc', NULL, NULL, 'shop-1')").fetchone()[0]
+    before = function_oid(db, GET_WALLET)
+    outcome: list[object] = []
+    migration = threading.Thread(target=lambda: outcome.append(migrate(as_owner)))
+
+    calls = 0
+    migration.start()
+    while migration.is_alive() or calls == 0:
+        assert db.execute("SELECT id FROM wallet.get_wallet(NULL, %s)", (wallet_id,)).fetchone() == (
+            wallet_id,
+        )
+        calls += 1
+        time.sleep(0.01)
+    migration.join()
+
+    assert outcome == [["0999_drop_get_wallet"]]
+    assert calls > 20
+    assert function_oid(db, GET_WALLET) not in (None, before)  # dropped and created again
+    assert db.execute("SELECT id FROM wallet.get_wallet(NULL, %s)", (wallet_id,)).fetchone() == (wallet_id,)
+
+
+OLD_VERSION = """
+CREATE FUNCTION wallet.probe_v1(p_amount bigint) RETURNS bigint LANGUAGE sql AS 'SELECT p_amount';
+GRANT EXECUTE ON FUNCTION wallet.probe_v1(bigint) TO wallet_app;
+CREATE TABLE wallet.probe (id integer, old_note text);
+GRANT SELECT ON wallet.probe TO wallet_app;
+ALTER TABLE wallet.probe OWNER TO wallet_owner;
+ALTER FUNCTION wallet.probe_v1(bigint) OWNER TO wallet_owner;
+"""
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ("DROP FUNCTION wallet.probe_v1(bigint);", "function wallet.probe_v1(bigint) returning bigint"),
+        (
+            "REVOKE EXECUTE ON FUNCTION wallet.probe_v1(bigint) FROM wallet_app;",
+            "EXECUTE on function wallet.probe_v1(bigint) to wallet_app",
+        ),
+        ("ALTER TABLE wallet.probe DROP COLUMN old_note;", "column wallet.probe.old_note text"),
+        ("ALTER TABLE wallet.probe ALTER COLUMN id TYPE bigint;", "column wallet.probe.id integer"),
+        ("ALTER TABLE wallet.probe RENAME TO probe_renamed;", "table wallet.probe"),
+        ("REVOKE SELECT ON wallet.probe FROM wallet_app;", "SELECT on relation wallet.probe to wallet_app"),
+    ],
+    ids=[
+        "drop-function",
+        "revoke-execute",
+        "drop-column",
+        "change-column-type",
+        "rename-table",
+        "revoke-select",
+    ],
+)
+def test_a_run_without_post_refuses_to_remove_or_change_and_applies_nothing(
+    as_owner, db, monkeypatch, tmp_path, change, named
+):
+    db.execute(OLD_VERSION)
+    monkeypatch.setattr(
+        core.migrate,
+        "MIGRATIONS_DIR",
+        migrations_with(tmp_path, **{"0998_probe": PROBE_TABLE, "0999_change": f"{change}\n"}),
+    )
+    with pytest.raises(MigrationNotAdditive) as refused:
+        migrate(as_owner)
+
+    assert named in str(refused.value)
+    assert "migrate --post" in str(refused.value)
+    assert not {"0998_probe", "0999_change"} & applied_ids(db)
+    assert db.execute("SELECT to_regclass('wallet.upgrade_probe')").fetchone() == (None,)
+    assert function_oid(db, "wallet.probe_v1(bigint)") is not None
+
+
+def test_a_post_deploy_step_runs_only_under_post_and_once(as_owner, db, monkeypatch, tmp_path):
+    db.execute(OLD_VERSION)
+    db.execute("CREATE TABLE public.post_step_runs (at timestamptz DEFAULT now())")
+    db.execute("ALTER TABLE public.post_step_runs OWNER TO wallet_owner")
+    monkeypatch.setattr(
+        core.migrate,
+        "POST_MIGRATIONS_DIR",
+        post_steps(
+            tmp_path,
+            post_0001_drop_probe_v1="INSERT INTO public.post_step_runs DEFAULT VALUES;\n"
+            "DROP FUNCTION IF EXISTS wallet.probe_v1(bigint);\n",
+        ),
+    )
+
+    def runs() -> int:
+        return db.execute("SELECT count(*) FROM public.post_step_runs").fetchone()[0]
+
+    before_rollout = run_migrations(as_owner)
+    assert (before_rollout.applied, before_rollout.post_applied) == ([], [])
+    assert before_rollout.post_pending == ["post_0001_drop_probe_v1"]
+    assert runs() == 0 and function_oid(db, "wallet.probe_v1(bigint)") is not None
+
+    assert migrate(as_owner, post=True) == ["post_0001_drop_probe_v1"]
+    assert runs() == 1 and function_oid(db, "wallet.probe_v1(bigint)") is None
+    assert "post_0001_drop_probe_v1" in applied_ids(db)
+
+    assert migrate(as_owner, post=True) == []
+    assert run_migrations(as_owner).post_pending == []
+    assert runs() == 1
+
+
+def test_a_failing_post_step_leaves_the_migrations_of_its_run_unapplied(as_owner, db, monkeypatch, tmp_path):
+    monkeypatch.setattr(
+        core.migrate, "MIGRATIONS_DIR", migrations_with(tmp_path, **{"0998_probe": PROBE_TABLE})
+    )
+    monkeypatch.setattr(
+        core.migrate, "POST_MIGRATIONS_DIR", post_steps(tmp_path, post_0001_broken="SELECT 1 / 0;\n")
+    )
+
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        migrate(as_owner, post=True)
+
+    assert not {"0998_probe", "post_0001_broken"} & applied_ids(db)
+    assert db.execute("SELECT to_regclass('wallet.upgrade_probe')").fetchone() == (None,)
+
+
+def test_post_steps_must_be_named_post_and_migrations_must_be_transactional(as_owner, monkeypatch, tmp_path):
+    monkeypatch.setattr(
+        core.migrate, "POST_MIGRATIONS_DIR", post_steps(tmp_path, **{"0001_drop": "SELECT 1;\n"})
+    )
+    with pytest.raises(UnsupportedMigration, match="post_<number>_<what>"):
+        migrate(as_owner, post=True)
+
+    monkeypatch.setattr(core.migrate, "POST_MIGRATIONS_DIR", tmp_path / "none")
+    monkeypatch.setattr(
+        core.migrate,
+        "MIGRATIONS_DIR",
+        migrations_with(tmp_path, **{"0999_concurrently": "-- transactional: false\nSELECT 1;\n"}),
+    )
+    with pytest.raises(UnsupportedMigration, match="not transactional"):
+        migrate(as_owner)
+
+
+def test_this_release_has_nothing_for_post_yet_and_the_command_says_so(as_owner):
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("WALLET_")}
+    environment["DATABASE_URL"] = as_owner
+
+    def wallet_migrate(*options: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "cli", "migrate", *options],
+            cwd=ROOT,
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    before, post, again = wallet_migrate(), wallet_migrate("--post"), wallet_migrate("--post")
+
+    assert [before.returncode, post.returncode, again.returncode] == [0, 0, 0], post.stderr
+    assert before.stdout == "migrations applied: none (up to date); sql/ functions re-applied\n"
+    assert (
+        post.stdout
+        == again.stdout
+        == (
+            "migrations applied: none (up to date); sql/ functions re-applied\n"
+            "post-deploy steps applied: none (nothing to remove)\n"
+        )
+    )
+    assert not [path for path in core.migrate.POST_MIGRATIONS_DIR.iterdir() if path.suffix in {".sql", ".py"}]
+
+
+def test_post_is_a_flag_of_migrate():
+    parser = build_parser()
+
+    assert parser.parse_args(["migrate"]).post is False
+    assert parser.parse_args(["migrate", "--post"]).post is True
