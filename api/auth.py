@@ -8,6 +8,7 @@ optional, `aud` and `iss` are checked when configured.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import jwt
 import msgspec
@@ -42,21 +43,26 @@ class TokenVerifier:
     """Verifies bearer tokens, and remembers the last MAX_VERIFIED_TOKENS it accepted until they
     expire: a client sends the same token with every request, and checking its signature again
     was a sixth of the API's CPU per request. Nothing a token says can change before its `exp`
-    (an `nbf` or `iat` once passed stays passed; `aud` and `iss` are settings)."""
+    (an `nbf` or `iat` once passed stays passed; `aud` and `iss` are settings).
 
-    def __init__(self, settings: Settings) -> None:
+    clock gives the time in seconds since the epoch (tests pass one they move). A token must
+    be in date both by it and by PyJWT's own check, which reads the system clock: with the
+    default clock, time.time, the two are the same check."""
+
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
         self._key = settings.jwt_verification_key
         self._algorithm = settings.jwt_algorithm
         self._audience = settings.jwt_audience
         self._issuer = settings.jwt_issuer
         self._leeway = settings.jwt_leeway_seconds
+        self._clock = clock
         self._verified: dict[str, tuple[Principal, float]] = {}  # token -> (principal, accepted until)
 
     def verify(self, token: str) -> Principal:
         known = self._verified.get(token)
         if known is not None:
             principal, accepted_until = known
-            if time.time() < accepted_until:  # as PyJWT: expired from exp + leeway on
+            if self._clock() < accepted_until:  # as PyJWT: expired from exp + leeway on
                 return principal
             del self._verified[token]
         principal, expires_at = self._decode(token)
@@ -82,6 +88,14 @@ class TokenVerifier:
             raise NotAuthorizedException("the token has expired") from None
         except jwt.InvalidTokenError:
             raise NotAuthorizedException("the token is not valid") from None
+        # PyJWT's time checks again, as PyJWT makes them but by this verifier's clock (PyJWT
+        # has checked that each is an integer): expired from exp + leeway on, not yet valid
+        # before nbf - leeway or iat - leeway.
+        now, expires_at = self._clock(), int(claims["exp"])
+        if expires_at <= now - self._leeway:
+            raise NotAuthorizedException("the token has expired")
+        if any(int(claims[name]) > now + self._leeway for name in ("nbf", "iat") if name in claims):
+            raise NotAuthorizedException("the token is not valid")
         sub, scope, owner_id = claims.get("sub"), claims.get("scope", ""), claims.get("owner_id")
         if not _is_identifier(sub):
             raise NotAuthorizedException("the token's sub must be 1 to 255 characters of valid Unicode")
@@ -92,7 +106,7 @@ class TokenVerifier:
         # RFC 6749 3.3: scopes are separated by the space character only; a tab or a newline
         # is part of a (then unknown) scope.
         scopes = frozenset(name for name in scope.split(" ") if name)
-        return Principal(sub=sub, scopes=scopes, owner_id=owner_id), float(claims["exp"])
+        return Principal(sub=sub, scopes=scopes, owner_id=owner_id), float(expires_at)
 
 
 def _is_identifier(value: object) -> bool:

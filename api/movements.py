@@ -8,6 +8,7 @@ from litestar import Controller, Response, post
 
 from api.dependencies import Write
 from api.errors import problem_responses
+from api.examples import created_transaction
 from api.responses import created
 from api.schemas import DepositRequest, Transaction, TransferRequest, WithdrawalRequest, from_record
 from api.scopes import requires
@@ -25,7 +26,8 @@ class MovementController(Controller):
         **requires("deposits:write"),
         operation_id="deposit",
         summary="Deposit",
-        responses=problem_responses(*MOVEMENT_CODES, "amount_below_fee", "balance_limit_exceeded"),
+        responses={201: created_transaction(Transaction)}
+        | problem_responses(*MOVEMENT_CODES, "amount_below_fee", "balance_limit_exceeded"),
     )
     async def deposit(self, wallet_id: UUID, data: DepositRequest, write: Write) -> Response[Transaction]:
         """Credit the wallet `amount - fee` (the deposit rule in force gives the fee). Without
@@ -44,7 +46,8 @@ class MovementController(Controller):
         **requires("withdrawals:write"),
         operation_id="withdraw",
         summary="Withdraw",
-        responses=problem_responses(*MOVEMENT_CODES, "insufficient_funds"),
+        responses={201: created_transaction(Transaction)}
+        | problem_responses(*MOVEMENT_CODES, "insufficient_funds"),
     )
     async def withdraw(self, wallet_id: UUID, data: WithdrawalRequest, write: Write) -> Response[Transaction]:
         """Debit the wallet `amount + fee` (the withdrawal rule in force gives the fee); the money leaves
@@ -62,7 +65,8 @@ class MovementController(Controller):
         **requires("transfers:write"),
         operation_id="transfer",
         summary="Transfer between wallets",
-        responses=problem_responses(
+        responses={201: created_transaction(Transaction)}
+        | problem_responses(
             *MOVEMENT_CODES,
             "insufficient_funds",
             "currency_mismatch",

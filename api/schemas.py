@@ -15,6 +15,8 @@ from litestar.plugins import OpenAPISchemaPlugin
 from litestar.typing import FieldDefinition
 from msgspec import Meta, Struct
 
+from api.examples import REQUEST_EXAMPLES
+
 MAX_AMOUNT = 10**15
 MAX_FEE_SETTING = 10**15
 PAGE_LIMIT_MAX = 500
@@ -194,6 +196,9 @@ class RequestSchemaPlugin(OpenAPISchemaPlugin):
         )
         schema.properties = {name: _openapi(value) for name, value in body["properties"].items()}
         schema.additional_properties = body["additionalProperties"]
+        schema.examples = [
+            example.value for example in REQUEST_EXAMPLES.get(field_definition.type_.__name__, [])
+        ]
         return schema
 
 

@@ -10,6 +10,7 @@ from litestar.params import Parameter
 
 from api.dependencies import Caller, Write
 from api.errors import ApiError, problem_responses
+from api.examples import REPLAY_NOTE, wallet_response
 from api.paging import CURSOR_PATTERNS, decode_cursor, decode_instant, encode_cursor
 from api.responses import created, ok
 from api.schemas import (
@@ -54,7 +55,8 @@ class WalletController(Controller):
         **requires("wallets:create"),
         operation_id="openWallet",
         summary="Open a wallet",
-        responses=problem_responses("idempotency_key_reused", "payload_too_large"),
+        responses={201: wallet_response(Wallet, "The wallet. " + REPLAY_NOTE)}
+        | problem_responses("idempotency_key_reused", "payload_too_large"),
         status_code=201,
     )
     async def open_wallet(self, data: OpenWalletRequest, write: Write) -> Response[Wallet]:

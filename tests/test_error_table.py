@@ -83,3 +83,17 @@ def test_each_operation_has_a_summary_a_description_and_its_scope(document):
         [requirement] = operation["security"]
         [scope] = requirement["bearer"]
         assert scope in SCOPES
+
+
+def test_every_request_body_has_examples_the_server_accepts(document):
+    import msgspec
+
+    from api import schemas
+
+    bodies = [name for name in document["components"]["schemas"] if name.endswith("Request")]
+    assert len(bodies) >= 5
+    for name in bodies:
+        examples = document["components"]["schemas"][name]["examples"]
+        assert examples, name
+        for example in examples:
+            msgspec.json.decode(msgspec.json.encode(example), type=getattr(schemas, name), strict=True)
