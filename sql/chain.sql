@@ -33,6 +33,7 @@
 -- planned anew: 0.3 ms of a transfer's 0.6.
 
 -- wallet.epoch_us: a timestamp as Unix microseconds (NULL stays NULL).
+-- Raises: nothing.
 CREATE OR REPLACE FUNCTION wallet.epoch_us(p_at timestamptz)
 RETURNS bigint
 LANGUAGE sql STABLE PARALLEL SAFE
@@ -41,6 +42,7 @@ AS $$
 $$;
 
 -- wallet.chain_genesis: the head of a wallet with no links.
+-- Raises: nothing.
 CREATE OR REPLACE FUNCTION wallet.chain_genesis(p_wallet_id uuid, p_owner_id text, p_currency text, p_created_at timestamptz)
 RETURNS bytea
 LANGUAGE sql STABLE PARALLEL SAFE
@@ -52,6 +54,7 @@ $$;
 -- canonical order (merchant wallets by id, then revenue, then world), as
 -- "<wallet id or account>:<net amount>" joined by commas. verify_ledger builds the same
 -- text from the entries as they are and compares digests.
+-- Raises: nothing.
 CREATE OR REPLACE FUNCTION wallet.expected_legs(
     p_kind           text,
     p_wallet_id      uuid,
@@ -82,6 +85,7 @@ $$;
 -- wallet.transaction_digest: SHA-256 of a transaction's fixed fields and its legs. The
 -- fields that change when a scheduled deposit settles (status, posted_at, failure_reason,
 -- history_seq) are not in it: the event of each link says what happened.
+-- Raises: nothing.
 CREATE OR REPLACE FUNCTION wallet.transaction_digest(p_transaction wallet.transactions, p_legs text)
 RETURNS bytea
 LANGUAGE sql STABLE PARALLEL SAFE
@@ -99,6 +103,7 @@ $$;
 -- balance after a posting, the pending after a deposit's status change, 0 otherwise; p_at
 -- is when the link was made (the entry's or status change's created_at), so a fact cannot
 -- be moved to another day either.
+-- Raises: nothing.
 CREATE OR REPLACE FUNCTION wallet.chain_link(
     p_previous bytea,
     p_digest   bytea,
@@ -114,6 +119,7 @@ AS $$
 $$;
 
 -- wallet.rule_digest: SHA-256 of a commission rule's fields.
+-- Raises: nothing.
 CREATE OR REPLACE FUNCTION wallet.rule_digest(p_rule wallet.commission_rules)
 RETURNS bytea
 LANGUAGE sql STABLE PARALLEL SAFE
@@ -125,6 +131,7 @@ AS $$
 $$;
 
 -- wallet.rule_chain_genesis: the head of the rule chain before its first rule.
+-- Raises: nothing.
 CREATE OR REPLACE FUNCTION wallet.rule_chain_genesis()
 RETURNS bytea
 LANGUAGE sql STABLE PARALLEL SAFE
@@ -136,6 +143,7 @@ $$;
 -- to the rule chain. Rule changes are rare and never on a movement's path, so they take
 -- turns on a table lock (SHARE ROW EXCLUSIVE: movements only read the table, which it
 -- does not block) and each sees the newest head.
+-- Raises: nothing.
 CREATE OR REPLACE FUNCTION wallet.chain_commission_rule()
 RETURNS trigger
 LANGUAGE plpgsql
@@ -190,7 +198,7 @@ BEGIN
             updated_at    = greatest(updated_at, v_at)
         WHERE id = p_wallet_id
           AND (status = 'active' OR NOT p_require_active)
-          AND pending + p_pending_change <= 1000000000000000000
+          AND pending + p_pending_change <= wallet.max_balance()
         RETURNING * INTO v_wallet;
         EXIT WHEN FOUND;
 
@@ -200,7 +208,7 @@ BEGIN
             RAISE EXCEPTION USING ERRCODE = 'WS409', MESSAGE = format('wallet is %s', v_wallet.status),
                 DETAIL = format('wallet %s', p_wallet_id);
         END IF;
-        IF v_wallet.pending + p_pending_change > 1000000000000000000 THEN
+        IF v_wallet.pending + p_pending_change > wallet.max_balance() THEN
             RAISE EXCEPTION USING ERRCODE = 'WL422',
                 MESSAGE = 'the wallet''s pending deposits would exceed the maximum of 10^18',
                 DETAIL = format('wallet %s has %s pending', p_wallet_id, v_wallet.pending);

@@ -3,6 +3,7 @@
 -- the same again as a safety net.
 
 -- wallet.check_metadata: a JSON object of at most 4096 bytes.
+-- Raises: WI400 invalid_request.
 CREATE OR REPLACE FUNCTION wallet.check_metadata(p_metadata jsonb)
 RETURNS void
 LANGUAGE plpgsql IMMUTABLE
@@ -19,12 +20,13 @@ $$;
 
 -- wallet.check_movement_request: amount 1..10^15, reference 1..255 characters or NULL,
 -- metadata as wallet.check_metadata says.
+-- Raises: WI400 invalid_request.
 CREATE OR REPLACE FUNCTION wallet.check_movement_request(p_amount bigint, p_reference text, p_metadata jsonb)
 RETURNS void
 LANGUAGE plpgsql IMMUTABLE
 AS $$
 BEGIN
-    IF p_amount IS NULL OR p_amount NOT BETWEEN 1 AND 1000000000000000 THEN
+    IF p_amount IS NULL OR p_amount NOT BETWEEN 1 AND wallet.max_amount() THEN
         RAISE EXCEPTION USING ERRCODE = 'WI400', MESSAGE = 'amount must be an integer from 1 to 10^15';
     END IF;
     IF length(p_reference) NOT BETWEEN 1 AND 255 THEN

@@ -7,6 +7,7 @@
 -- max_fee NULL means no cap. Pure integer arithmetic: no numeric, no floats.
 -- PL/pgSQL rather than SQL here and in the other small helpers: PL/pgSQL plans its
 -- statements once per session.
+-- Raises: nothing.
 CREATE OR REPLACE FUNCTION wallet.commission_fee(
     p_amount   bigint,
     p_rate_bps integer,

@@ -4,6 +4,7 @@
 
 -- wallet.compute_fee: the fee the rule in force charges p_owner_id for p_operation of
 -- p_amount; 0 when no rule applies. Locks nothing.
+-- Raises: nothing.
 CREATE OR REPLACE FUNCTION wallet.compute_fee(p_operation text, p_owner_id text, p_amount bigint)
 RETURNS bigint
 LANGUAGE plpgsql STABLE
@@ -60,9 +61,9 @@ BEGIN
     IF p_rate_bps IS NULL OR p_rate_bps NOT BETWEEN 0 AND 10000 THEN
         RAISE EXCEPTION USING ERRCODE = 'WI400', MESSAGE = 'rate_bps must be 0 to 10000';
     END IF;
-    IF p_fixed IS NULL OR p_fixed NOT BETWEEN 0 AND 1000000000000000
-       OR p_min_fee IS NULL OR p_min_fee NOT BETWEEN 0 AND 1000000000000000
-       OR (p_max_fee IS NOT NULL AND p_max_fee NOT BETWEEN 0 AND 1000000000000000)
+    IF p_fixed IS NULL OR p_fixed NOT BETWEEN 0 AND wallet.max_amount()
+       OR p_min_fee IS NULL OR p_min_fee NOT BETWEEN 0 AND wallet.max_amount()
+       OR (p_max_fee IS NOT NULL AND p_max_fee NOT BETWEEN 0 AND wallet.max_amount())
     THEN
         RAISE EXCEPTION USING ERRCODE = 'WI400',
             MESSAGE = 'fixed, min_fee and max_fee must be 0 to 10^15 (max_fee may be null)';
@@ -89,6 +90,7 @@ END
 $$;
 
 -- wallet.commission_rules_in_force: the rule in force per (operation, owner_id).
+-- Raises: nothing.
 CREATE OR REPLACE FUNCTION wallet.commission_rules_in_force()
 RETURNS SETOF wallet.commission_rules
 LANGUAGE sql STABLE
@@ -103,7 +105,8 @@ $$;
 -- wallet.commission_rules_for_owner: what an owner's token may read (SPEC 3 tenancy): per
 -- operation, the rule in force that applies to p_owner_id's operations: its own rule if it
 -- has one, else the default (owner_id NULL); no row for an operation without either. Never
--- another owner's rule. The same choice as wallet.compute_fee. Locks nothing; raises nothing.
+-- another owner's rule. The same choice as wallet.compute_fee. Locks nothing.
+-- Raises: nothing.
 CREATE OR REPLACE FUNCTION wallet.commission_rules_for_owner(p_owner_id text)
 RETURNS SETOF wallet.commission_rules
 LANGUAGE sql STABLE
@@ -118,6 +121,7 @@ $$;
 
 -- wallet.commission_rule_history: every rule ever set, newest first, optionally for one
 -- operation and one owner (p_owner_id NULL: all owners and the defaults).
+-- Raises: nothing.
 CREATE OR REPLACE FUNCTION wallet.commission_rule_history(
     p_operation text DEFAULT NULL,
     p_owner_id  text DEFAULT NULL

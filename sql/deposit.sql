@@ -2,7 +2,7 @@
 --
 -- The wallet is credited amount - fee; the fee goes to commission revenue.
 -- With p_available_at more than a second ahead (at most 366 days) the deposit is
--- scheduled instead (see delayed_deposits.sql): its fee is fixed now, pending grows by
+-- scheduled instead (see sql/settle_deposit.sql): its fee is fixed now, pending grows by
 -- amount - fee at once, and its settlement job is enqueued in this same transaction.
 -- Order: validate the request, read the wallet (owner and currency never change, so no
 -- lock), compute the fee, claim the idempotency key, write the transaction and the

@@ -62,6 +62,7 @@ $$;
 
 -- wallet.record_idempotent_response: the response of a request whose key this
 -- transaction claimed without knowing the response yet. Does nothing for a NULL key.
+-- Raises: nothing.
 CREATE OR REPLACE FUNCTION wallet.record_idempotent_response(
     p_caller_id text,
     p_key       text,
@@ -79,6 +80,7 @@ $$;
 
 -- wallet.prune_idempotency_keys: forget keys older than p_older_than (at least 24 hours,
 -- SPEC 6). Returns how many were removed. Run periodically by the job worker.
+-- Raises: WI400 invalid_request (p_older_than under 24 hours).
 CREATE OR REPLACE FUNCTION wallet.prune_idempotency_keys(p_older_than interval DEFAULT interval '48 hours')
 RETURNS bigint
 LANGUAGE plpgsql

@@ -9,6 +9,7 @@
 
 -- wallet.transaction_kinds: every transaction kind, the one list that queries over all
 -- kinds (an index range per kind) read, as the domain wallet.transaction_kind allows.
+-- Raises: nothing.
 CREATE OR REPLACE FUNCTION wallet.transaction_kinds()
 RETURNS text[]
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
@@ -75,7 +76,7 @@ BEGIN
             updated_at    = greatest(updated_at, v_at)
         WHERE id = p_wallet_id
           AND status = 'active'
-          AND balance + p_net_amount BETWEEN 0 AND 1000000000000000000
+          AND balance + p_net_amount BETWEEN 0 AND wallet.max_balance()
         RETURNING balance, chain_version, chain_hash, updated_at INTO v_link;
         EXIT WHEN FOUND;
 
@@ -86,7 +87,7 @@ BEGIN
             RAISE EXCEPTION USING ERRCODE = 'WS409', MESSAGE = format('wallet is %s', v_wallet.status),
                 DETAIL = format('wallet %s', p_wallet_id);
         END IF;
-        IF v_wallet.balance + p_net_amount > 1000000000000000000 THEN
+        IF v_wallet.balance + p_net_amount > wallet.max_balance() THEN
             RAISE EXCEPTION USING ERRCODE = 'WL422', MESSAGE = 'the wallet would exceed the maximum balance of 10^18',
                 DETAIL = format('wallet %s', p_wallet_id);
         END IF;
@@ -100,6 +101,7 @@ END
 $$;
 
 -- wallet.to_transaction_result: the API's view of a transaction row.
+-- Raises: nothing.
 CREATE OR REPLACE FUNCTION wallet.to_transaction_result(p_transaction wallet.transactions, p_replayed boolean)
 RETURNS wallet.transaction_result
 LANGUAGE plpgsql IMMUTABLE
@@ -114,6 +116,7 @@ END
 $$;
 
 -- wallet.replayed_transaction: a stored first response, returned again.
+-- Raises: nothing.
 CREATE OR REPLACE FUNCTION wallet.replayed_transaction(p_response jsonb)
 RETURNS wallet.transaction_result
 LANGUAGE plpgsql IMMUTABLE
@@ -124,7 +127,8 @@ END
 $$;
 
 -- wallet.find_wallet: a wallet read without a lock, for what never changes (owner,
--- currency). Raises WN404 not_found when it does not exist or belongs to another owner.
+-- currency).
+-- Raises: WN404 not_found (it does not exist, or belongs to another owner).
 CREATE OR REPLACE FUNCTION wallet.find_wallet(p_acting_owner_id text, p_wallet_id uuid)
 RETURNS wallet.wallets
 LANGUAGE plpgsql STABLE

@@ -1,5 +1,5 @@
--- The settlement jobs of delayed deposits (see sql/delayed_deposits.sql): enqueue, delete,
--- reconcile. The only ledger code that touches procrastinate's queue.
+-- The settlement jobs of delayed deposits (sql/settle_deposit.sql has their lifecycle):
+-- enqueue, delete, reconcile. The only ledger code that touches procrastinate's queue.
 --
 -- The settlement job lives in procrastinate's queue (schema procrastinate, which only the
 -- ledger's owner may write) and is enqueued in the same database transaction as the
@@ -14,6 +14,7 @@
 -- path, after pg_catalog. Never public: these run as the ledger's owner, and wherever
 -- others may create objects in public, a planted operator or overload there would run
 -- as the owner too (tests/sql/test_privileges.py).
+-- Raises: nothing.
 CREATE OR REPLACE FUNCTION wallet.enqueue_settlement(p_transaction_id uuid, p_at timestamptz)
 RETURNS bigint
 LANGUAGE plpgsql
@@ -33,6 +34,7 @@ END
 $$;
 
 -- wallet.delete_settlement_job: delete the waiting settlement job of p_transaction_id, if any.
+-- Raises: nothing.
 CREATE OR REPLACE FUNCTION wallet.delete_settlement_job(p_transaction_id uuid)
 RETURNS void
 LANGUAGE sql
@@ -49,6 +51,7 @@ $$;
 -- A stalled 'doing' job is procrastinate's to retry (see jobs/tasks.py); a duplicate
 -- delivery would be harmless anyway, settle_deposit being idempotent.
 -- Locks: nothing beyond the inserted job rows.
+-- Raises: nothing.
 CREATE OR REPLACE FUNCTION wallet.reconcile_scheduled_deposits(p_grace interval DEFAULT interval '30 seconds')
 RETURNS integer
 LANGUAGE plpgsql

@@ -6,6 +6,7 @@
 --   queue_depth                          settlement jobs waiting or running
 --   lag_*_ms                             posted_at - available_at of the settled ones
 -- Reads only; locks nothing.
+-- Raises: nothing.
 CREATE OR REPLACE FUNCTION wallet.settlement_stats(p_window interval DEFAULT interval '1 hour')
 RETURNS TABLE (
     settled      bigint,

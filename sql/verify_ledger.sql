@@ -16,6 +16,7 @@
 -- cheap at any size (the partial index of scheduled deposits, one row per wallet, the
 -- rules): pending_differs_from_scheduled, negative_balance, and rule_chain_broken for the
 -- rules after the first p_rules_after (0: all of them; the chain still runs from the first).
+-- Raises: nothing.
 CREATE OR REPLACE FUNCTION wallet.verify_pending_signs_and_rules(p_rules_after bigint)
 RETURNS TABLE (check_name text, detail text)
 LANGUAGE sql STABLE
@@ -62,6 +63,7 @@ $$;
 --   status_differs_from_chain  a transaction's or wallet's status is not what its newest link
 --                              says (a canceled deposit made scheduled again, a wallet unfrozen)
 --   rule_chain_broken          a commission rule's hash is not what its fields and the previous rule give
+-- Raises: nothing (it returns each violation as a row).
 CREATE OR REPLACE FUNCTION wallet.verify_ledger()
 RETURNS TABLE (check_name text, detail text)
 LANGUAGE sql STABLE
@@ -211,6 +213,7 @@ $$;
 
 -- wallet.checkpoint_digest: the digest of one checkpoint's heads (in wallet id order) and
 -- of its rule chain head. Reads the stored heads only.
+-- Raises: nothing.
 CREATE OR REPLACE FUNCTION wallet.checkpoint_digest(p_checkpoint_id bigint, p_rule_count bigint, p_rule_chain_hash bytea)
 RETURNS bytea
 LANGUAGE sql STABLE
@@ -228,6 +231,7 @@ $$;
 -- as 'v1:<checkpoint id>:<sha256 hex>'. Operators keep that string outside the database
 -- (a ticket, a log, a WORM bucket): wallet.verify_checkpoint proves later that the ledger
 -- still extends what it saw. Every head is a committed state of its wallet. Locks nothing.
+-- Raises: nothing.
 CREATE OR REPLACE FUNCTION wallet.ledger_checkpoint()
 RETURNS text
 LANGUAGE plpgsql

@@ -124,6 +124,7 @@ $$;
 -- time ran ahead of the clock): per kind, the entries after the guess up to the first
 -- one drawn after the cursor, usually none. Returns -infinity when no entry precedes the
 -- cursor. Locks nothing.
+-- Raises: nothing.
 CREATE OR REPLACE FUNCTION wallet.history_cursor_at(p_wallet_id uuid, p_before_seq bigint)
 RETURNS timestamptz
 LANGUAGE plpgsql STABLE

@@ -6,6 +6,7 @@
 
 -- wallet.to_wallet_result: the API's view of a wallet row. Nothing is held back from
 -- spending yet, so available equals balance.
+-- Raises: nothing.
 CREATE OR REPLACE FUNCTION wallet.to_wallet_result(p_wallet wallet.wallets, p_replayed boolean)
 RETURNS wallet.wallet_result
 LANGUAGE plpgsql IMMUTABLE
@@ -18,6 +19,7 @@ END
 $$;
 
 -- wallet.replayed_wallet: a stored first response, returned again.
+-- Raises: nothing.
 CREATE OR REPLACE FUNCTION wallet.replayed_wallet(p_response jsonb)
 RETURNS wallet.wallet_result
 LANGUAGE plpgsql IMMUTABLE
@@ -91,7 +93,8 @@ $$;
 -- wallet.list_wallets: a keyset page of wallets in id order (ids are time-ordered, so
 -- oldest first), optionally of one owner; p_after_id is the last id of the previous page.
 -- At most 1000 rows a call (the API's pages are 1..500; it asks one more to see if a
--- next page exists). Raises: WI400 invalid_request (limit outside 1..1000).
+-- next page exists).
+-- Raises: WI400 invalid_request (limit outside 1..1000).
 CREATE OR REPLACE FUNCTION wallet.list_wallets(
     p_owner_id text,
     p_limit    integer DEFAULT 50,
@@ -121,7 +124,8 @@ $$;
 -- wallet), claim the idempotency key, then lock and change it.
 -- Locks: the wallet row (FOR NO KEY UPDATE). A change to the status it already has
 -- succeeds and changes nothing. Closed is final; only an empty wallet may close.
--- Raises: WN404 not_found, WS409 wallet_not_active (the wallet is closed),
+-- Raises: WI400 invalid_request (a malformed idempotency key), WN404 not_found,
+--         WS409 wallet_not_active (freezing or unfreezing a closed wallet),
 --         WE409 wallet_not_empty (closing with a balance or pending deposits),
 --         WK409 idempotency_key_reused, WT500 isolation_level_unsupported.
 CREATE OR REPLACE FUNCTION wallet.change_wallet_status(
@@ -169,7 +173,11 @@ BEGIN
 END
 $$;
 
--- wallet.freeze_wallet, wallet.unfreeze_wallet, wallet.close_wallet: see change_wallet_status.
+-- wallet.freeze_wallet: no money moves in or out of the wallet until it is unfrozen
+-- (wallet.change_wallet_status to frozen).
+-- Raises: WI400 invalid_request (a malformed idempotency key), WN404 not_found,
+--         WS409 wallet_not_active (the wallet is closed), WK409 idempotency_key_reused,
+--         WT500 isolation_level_unsupported.
 CREATE OR REPLACE FUNCTION wallet.freeze_wallet(
     p_caller_id text, p_idempotency_key text, p_fingerprint text, p_acting_owner_id text, p_wallet_id uuid
 ) RETURNS wallet.wallet_result
@@ -183,6 +191,10 @@ BEGIN
 END
 $$;
 
+-- wallet.unfreeze_wallet: a frozen wallet becomes active again (wallet.change_wallet_status).
+-- Raises: WI400 invalid_request (a malformed idempotency key), WN404 not_found,
+--         WS409 wallet_not_active (the wallet is closed), WK409 idempotency_key_reused,
+--         WT500 isolation_level_unsupported.
 CREATE OR REPLACE FUNCTION wallet.unfreeze_wallet(
     p_caller_id text, p_idempotency_key text, p_fingerprint text, p_acting_owner_id text, p_wallet_id uuid
 ) RETURNS wallet.wallet_result
@@ -196,6 +208,10 @@ BEGIN
 END
 $$;
 
+-- wallet.close_wallet: an empty wallet closes for good (wallet.change_wallet_status).
+-- Raises: WI400 invalid_request (a malformed idempotency key), WN404 not_found,
+--         WE409 wallet_not_empty (a balance or pending deposits), WK409 idempotency_key_reused,
+--         WT500 isolation_level_unsupported.
 CREATE OR REPLACE FUNCTION wallet.close_wallet(
     p_caller_id text, p_idempotency_key text, p_fingerprint text, p_acting_owner_id text, p_wallet_id uuid
 ) RETURNS wallet.wallet_result

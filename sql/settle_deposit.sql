@@ -1,9 +1,14 @@
--- Delayed deposits (SPEC 5): scheduled by wallet.deposit with a future available_at,
--- settled exactly once by a procrastinate job, or canceled, or failed.
+-- wallet.settle_deposit: settling one delayed deposit (SPEC 5), and the two steps it shares
+-- with wallet.settle_due_deposits (sql/settle_due_deposits.sql): why a due deposit cannot be
+-- posted now (wallet.settlement_blocker), and posting it (wallet.post_scheduled_deposit).
+--
+-- A delayed deposit is scheduled by wallet.deposit with a future available_at
+-- (sql/deposit.sql), then settled exactly once by a procrastinate job, or canceled, or failed:
 --
 --   scheduled --settle--> posted            (balance += net, pending -= net)
---   scheduled --cancel--> canceled          (pending -= net)
---   scheduled --settle, wallet not active, retries spent--> failed   (pending -= net)
+--   scheduled --cancel--> canceled          (pending -= net; sql/cancel_deposit.sql)
+--   scheduled --settle, wallet not active, retries spent--> failed   (pending -= net;
+--                                                        sql/fail_scheduled_deposit.sql)
 --
 -- Every transition locks the transaction row first (FOR UPDATE), then the wallet row:
 -- a settle racing a cancel, or two deliveries of one job, serialise on the transaction
@@ -18,6 +23,7 @@
 --   WS409 wallet_not_active: the wallet is frozen or closed;
 --   WL422 balance_limit_exceeded: the credit would take it past 10^18.
 -- Locks: the wallet row (FOR NO KEY UPDATE), held until the caller's transaction ends.
+-- Raises: nothing (it returns the SQLSTATE for its caller to raise).
 CREATE OR REPLACE FUNCTION wallet.settlement_blocker(
     p_transaction wallet.transactions,
     OUT errcode   text,
@@ -32,16 +38,19 @@ BEGIN
     IF v_wallet.status <> 'active' THEN
         errcode := 'WS409';
         reason  := format('wallet %s was %s', v_wallet.id, v_wallet.status);
-    ELSIF v_wallet.balance + (p_transaction.amount - p_transaction.fee) > 1000000000000000000 THEN
+    ELSIF v_wallet.balance + (p_transaction.amount - p_transaction.fee) > wallet.max_balance() THEN
         errcode := 'WL422';
         reason  := format('wallet %s would exceed the maximum balance of 10^18', v_wallet.id);
     END IF;
 END
 $$;
 
+REVOKE ALL ON FUNCTION wallet.settlement_blocker(wallet.transactions) FROM PUBLIC;
+
 -- wallet.post_scheduled_deposit: post the due deposit p_transaction, whose row and wallet
 -- row the caller has locked and checked (wallet.settlement_blocker): balance += net,
 -- pending -= net, the chain link, the entries, status posted.
+-- Raises: nothing (its caller has checked the wallet with wallet.settlement_blocker).
 CREATE OR REPLACE FUNCTION wallet.post_scheduled_deposit(p_transaction wallet.transactions)
 RETURNS void
 LANGUAGE plpgsql
@@ -69,22 +78,7 @@ BEGIN
 END
 $$;
 
--- wallet.fail_scheduled_deposit: the deposit p_transaction (its row and wallet row locked
--- by the caller) could not settle at any attempt: status failed, pending released.
-CREATE OR REPLACE FUNCTION wallet.fail_scheduled_deposit(p_transaction wallet.transactions, p_reason text)
-RETURNS void
-LANGUAGE plpgsql
-AS $$
-BEGIN
-    PERFORM wallet.append_status_link(p_transaction.wallet_id, 'deposit_failed', p_transaction,
-                                      -(p_transaction.amount - p_transaction.fee), p_require_active => false);
-    UPDATE wallet.transactions
-    SET status = 'failed',
-        failure_reason = p_reason || ' at every settlement attempt',
-        history_seq = nextval('wallet.history_seq')
-    WHERE id = p_transaction.id;
-END
-$$;
+REVOKE ALL ON FUNCTION wallet.post_scheduled_deposit(wallet.transactions) FROM PUBLIC;
 
 -- wallet.settle_deposit: post a due scheduled deposit. Called by its settlement job;
 -- safe to call any number of times (only the first call that finds it scheduled and due
@@ -184,107 +178,5 @@ BEGIN
 END
 $$;
 
--- wallet.settle_due_deposits: post up to p_limit due scheduled deposits that nobody else
--- is settling right now (SKIP LOCKED), leaving any that cannot be posted to their own
--- jobs. Returns how many it posted.
--- Locks: the deposit rows (SKIP LOCKED: never waits), then their wallet rows in wallet id
--- order, the order transfers lock wallets in.
--- Raises: WT500 isolation_level_unsupported.
-CREATE OR REPLACE FUNCTION wallet.settle_due_deposits(p_limit integer DEFAULT 100)
-RETURNS integer
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    v_transaction wallet.transactions;
-    v_posted      integer := 0;
-BEGIN
-    PERFORM wallet.require_read_committed();
-    PERFORM set_config('synchronous_commit', 'on', true);
-    FOR v_transaction IN
-        SELECT * FROM wallet.transactions
-        WHERE status = 'scheduled' AND available_at <= now()
-        ORDER BY wallet_id, id
-        LIMIT least(p_limit, 1000)
-        FOR UPDATE SKIP LOCKED
-    LOOP
-        IF (wallet.settlement_blocker(v_transaction)).errcode IS NULL THEN
-            PERFORM wallet.post_scheduled_deposit(v_transaction);
-            v_posted := v_posted + 1;
-        END IF;
-    END LOOP;
-    RETURN v_posted;
-END
-$$;
-
--- wallet.cancel_deposit: cancel a scheduled deposit before it settles; its pending is
--- released and its settlement job deleted.
--- Order: find the deposit and check its owner (so a replay never shows another owner's
--- deposit), claim the idempotency key, then lock and change it.
--- Locks: the transaction row, then the wallet row.
--- Raises: WN404 not_found (unknown, or another owner's), WC409 transaction_not_cancelable
---         (not a deposit, or not scheduled any more), WK409 idempotency_key_reused,
---         WT500 isolation_level_unsupported.
-CREATE OR REPLACE FUNCTION wallet.cancel_deposit(
-    p_caller_id       text,
-    p_idempotency_key text,
-    p_fingerprint     text,
-    p_acting_owner_id text,
-    p_transaction_id  uuid
-) RETURNS wallet.transaction_result
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    v_transaction wallet.transactions;
-    v_replay      jsonb;
-BEGIN
-    PERFORM wallet.require_read_committed();
-    SELECT * INTO v_transaction FROM wallet.transactions WHERE id = p_transaction_id;
-    IF NOT FOUND OR NOT EXISTS (
-        SELECT FROM wallet.wallets
-        WHERE id IN (v_transaction.wallet_id, v_transaction.from_wallet_id, v_transaction.to_wallet_id)
-          AND owner_id = coalesce(p_acting_owner_id, owner_id))
-    THEN
-        RAISE EXCEPTION USING ERRCODE = 'WN404', MESSAGE = 'transaction not found',
-            DETAIL = format('transaction %s', p_transaction_id);
-    END IF;
-
-    v_replay := wallet.claim_idempotency_key(p_caller_id, p_idempotency_key, 'cancel_deposit', p_fingerprint);
-    IF v_replay IS NOT NULL THEN
-        RETURN wallet.replayed_transaction(v_replay);
-    END IF;
-
-    SELECT * INTO v_transaction FROM wallet.transactions WHERE id = p_transaction_id FOR UPDATE;
-    IF v_transaction.status <> 'scheduled' THEN
-        RAISE EXCEPTION USING ERRCODE = 'WC409', MESSAGE = 'only a scheduled deposit can be canceled',
-            DETAIL = format('transaction %s is a %s %s', p_transaction_id, v_transaction.status, v_transaction.kind);
-    END IF;
-
-    PERFORM wallet.append_status_link(v_transaction.wallet_id, 'deposit_canceled', v_transaction,
-                                      -(v_transaction.amount - v_transaction.fee), p_require_active => false);
-    UPDATE wallet.transactions
-    SET status = 'canceled', history_seq = nextval('wallet.history_seq')
-    WHERE id = p_transaction_id
-    RETURNING * INTO v_transaction;
-
-    -- The job would find the deposit canceled and do nothing; deleting it keeps the queue clean.
-    PERFORM wallet.delete_settlement_job(p_transaction_id);
-
-    PERFORM wallet.record_idempotent_response(p_caller_id, p_idempotency_key,
-                                              to_jsonb(wallet.to_transaction_result(v_transaction, false)));
-    RETURN wallet.to_transaction_result(v_transaction, false);
-END
-$$;
-
-REVOKE ALL ON FUNCTION wallet.settlement_blocker(wallet.transactions) FROM PUBLIC;
-REVOKE ALL ON FUNCTION wallet.post_scheduled_deposit(wallet.transactions) FROM PUBLIC;
-REVOKE ALL ON FUNCTION wallet.fail_scheduled_deposit(wallet.transactions, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION wallet.settle_deposit(uuid, boolean, integer) FROM PUBLIC;
-REVOKE ALL ON FUNCTION wallet.settle_due_deposits(integer) FROM PUBLIC;
-REVOKE ALL ON FUNCTION wallet.cancel_deposit(text, text, text, text, uuid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION wallet.settle_deposit(uuid, boolean, integer) TO wallet_app;
-GRANT EXECUTE ON FUNCTION wallet.settle_due_deposits(integer) TO wallet_app;
-GRANT EXECUTE ON FUNCTION wallet.cancel_deposit(text, text, text, text, uuid) TO wallet_app;
