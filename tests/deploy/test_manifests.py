@@ -192,12 +192,17 @@ def test_strict_validation_rejects_a_misspelled_field():
         kubernetes_validate.validate(deployment, KUBERNETES_VERSIONS[0], strict=True)
 
 
-# Every pod: API, worker, migration job ----------------------------------------------------------
+# Every pod: API, worker, migration jobs ---------------------------------------------------------
 
 
-def test_three_workloads_run_one_image(manifests):
+def test_the_workloads_run_one_image(manifests):
     workloads = _workloads(manifests)
-    assert sorted(_pod_labels(item).get(COMPONENT) for item in workloads) == ["api", "migration", "worker"]
+    assert sorted(_pod_labels(item).get(COMPONENT) for item in workloads) == [
+        "api",
+        "migration",
+        "migration-post",
+        "worker",
+    ]
     images = {container["image"] for item in workloads for container in _containers(item)}
     assert len(images) == 1, images
     assert all(not image.endswith(":latest") and ":" in image for image in images), images
@@ -389,7 +394,7 @@ def test_autoscaler_scales_the_api_deployment_on_cpu(manifests):
     assert all("cpu" in container["resources"]["requests"] for container in api_containers)
 
 
-# The worker and the migration job ---------------------------------------------------------------
+# The worker and the migration jobs --------------------------------------------------------------
 
 
 def test_worker_runs_wallet_worker_on_its_own_direct_database_url(manifests):
@@ -406,37 +411,100 @@ def test_worker_has_time_to_finish_running_jobs(manifests):
     assert _pod_spec(worker)["terminationGracePeriodSeconds"] >= 30
 
 
-def test_migration_job_runs_wallet_migrate_with_bounded_retries(manifests):
-    job = _component(manifests, "migration")
+# The migration jobs: `wallet migrate` before the rollout (Argo CD PreSync), `wallet migrate --post`
+# after it (PostSync). README, "Upgrades and rolling deploys".
+MIGRATION_JOBS = [
+    ("migration", ["migrate"], "PreSync"),
+    ("migration-post", ["migrate", "--post"], "PostSync"),
+]
+# The README's kubectl steps, by label selector: the pre-deploy Job and what it needs; the rollout;
+# the post-deploy Job alone.
+FIRST_STEP = {
+    "matchExpressions": [
+        {"key": COMPONENT, "operator": "NotIn", "values": ["api", "worker", "migration-post"]}
+    ]
+}
+ROLLOUT_STEP = {"matchExpressions": [{"key": COMPONENT, "operator": "NotIn", "values": ["migration-post"]}]}
+LAST_STEP = {"matchLabels": {COMPONENT: "migration-post"}}
+README_SELECTORS = [
+    "-l 'app.kubernetes.io/component notin (api,worker,migration-post)'",
+    "-l 'app.kubernetes.io/component!=migration-post'",
+    "-l app.kubernetes.io/component=migration-post",
+]
+
+
+@pytest.mark.parametrize(("component", "args", "hook"), MIGRATION_JOBS, ids=["pre", "post"])
+def test_migration_jobs_run_wallet_migrate_with_bounded_retries(manifests, component, args, hook):
+    job = _component(manifests, component)
     assert job["kind"] == "Job"
     (container,) = _pod_spec(job)["containers"]
-    assert container["args"] == ["migrate"]
+    assert container["args"] == args
     assert _pod_spec(job)["restartPolicy"] == "Never"
     assert 1 <= job["spec"]["backoffLimit"] <= 6
     assert job["spec"]["ttlSecondsAfterFinished"] > 0
     assert job["spec"]["activeDeadlineSeconds"] > 0
     (database,) = [variable for variable in container["env"] if variable["name"] == "DATABASE_URL"]
     assert database["valueFrom"]["secretKeyRef"] == {"name": SECRET_NAME, "key": "MIGRATION_DATABASE_URL"}
+    annotations = job["metadata"]["annotations"]
+    assert annotations["argocd.argoproj.io/hook"] == hook
+    assert annotations["argocd.argoproj.io/hook-delete-policy"] == "BeforeHookCreation"
+
+
+def test_post_deploy_job_waits_until_no_pod_of_the_previous_version_can_still_be_draining(manifests):
+    """Argo CD starts PostSync hooks once the Deployments are healthy; old pods may still be in
+    their termination grace period then, finishing requests against what --post removes."""
+    job = _component(manifests, "migration-post")
+    (wait,) = _pod_spec(job)["initContainers"]
+    assert wait["command"][0] == "sleep"
+    longest_grace = max(
+        _pod_spec(item)["terminationGracePeriodSeconds"]
+        for item in _workloads(manifests)
+        if item["kind"] == "Deployment"
+    )
+    assert int(wait["command"][1]) > longest_grace
+    assert job["spec"]["activeDeadlineSeconds"] > int(wait["command"][1]) + 300
+
+
+def _applied(manifests: list[dict[str, Any]], step: dict[str, Any]) -> list[dict[str, Any]]:
+    return [item for item in manifests if _selects(step, item["metadata"].get("labels", {}))]
 
 
 def test_migration_step_applies_everything_the_job_needs(manifests):
-    """The README's first step, `kubectl apply -l 'app.kubernetes.io/component notin (api,worker)'`,
-    must bring the job and all it depends on, and no API or worker object."""
-    first_step = {"matchExpressions": [{"key": COMPONENT, "operator": "NotIn", "values": ["api", "worker"]}]}
-    applied = [item for item in manifests if _selects(first_step, item["metadata"].get("labels", {}))]
+    """The README's first step, `kubectl apply -l 'app.kubernetes.io/component notin
+    (api,worker,migration-post)'`, must bring the pre-deploy job and all it depends on, and no
+    API, worker or post-deploy object."""
+    applied = _applied(manifests, FIRST_STEP)
     names = {(item["kind"], item["metadata"]["name"]) for item in applied}
-    job = _component(manifests, "migration")
-    pod = _pod_spec(job)
-    assert ("Job", job["metadata"]["name"]) in names
-    assert ("ServiceAccount", pod["serviceAccountName"]) in names
-    for container in pod["containers"]:
-        for source in container.get("envFrom", []):
-            assert ("ConfigMap", source["configMapRef"]["name"]) in names
-    assert any(
-        item["kind"] == "NetworkPolicy" and _selects(item["spec"]["podSelector"], _pod_labels(job))
-        for item in applied
-    )
+    for component in ("migration", "migration-post"):
+        job = _component(manifests, component)
+        pod = _pod_spec(job)
+        assert (("Job", job["metadata"]["name"]) in names) == (component == "migration")
+        assert ("ServiceAccount", pod["serviceAccountName"]) in names
+        for container in pod["containers"]:
+            for source in container.get("envFrom", []):
+                assert ("ConfigMap", source["configMapRef"]["name"]) in names
+        assert any(
+            item["kind"] == "NetworkPolicy" and _selects(item["spec"]["podSelector"], _pod_labels(job))
+            for item in applied
+        )
     assert not {item["kind"] for item in applied} & {"Deployment", "Service", "HorizontalPodAutoscaler"}
+
+
+def test_the_rollout_step_holds_back_only_the_post_deploy_job_which_the_last_step_applies_alone(manifests):
+    held_back = [item for item in manifests if item not in _applied(manifests, ROLLOUT_STEP)]
+    assert [(item["kind"], _pod_labels(item)[COMPONENT]) for item in held_back] == [("Job", "migration-post")]
+    assert _applied(manifests, LAST_STEP) == held_back
+
+
+def test_readme_gives_the_kubectl_steps_these_selectors_check():
+    readme = (ROOT / "README.md").read_text()
+    for selector in README_SELECTORS:
+        assert selector in readme, selector
+    assert (
+        readme.index(README_SELECTORS[0])
+        < readme.index(README_SELECTORS[1])
+        < readme.index(README_SELECTORS[2])
+    )
 
 
 # Configuration and secrets -----------------------------------------------------------------------
@@ -565,7 +633,7 @@ def test_api_accepts_only_port_8000_from_payments_and_monitoring(manifests):
 
 
 def test_worker_and_migration_accept_no_traffic(manifests):
-    for component in ("worker", "migration"):
+    for component in ("worker", "migration", "migration-post"):
         for policy in _policies_for(manifests, _component(manifests, component)):
             assert policy["spec"].get("ingress", []) == [], (component, policy["metadata"]["name"])
 
