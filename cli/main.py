@@ -25,6 +25,7 @@ from core.migrate import (
     DEFAULT_LOCK_TIMEOUT_SECONDS,
     MigrationLockTimeout,
     MigrationNotAdditive,
+    UnsupportedMigration,
     migrate,
     run_migrations,
 )
@@ -49,7 +50,7 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     except MigrationLockTimeout as error:
         print(f"wallet migrate: {error}", file=sys.stderr)
         return EXIT_MIGRATION_LOCKED
-    except MigrationNotAdditive as error:
+    except (MigrationNotAdditive, UnsupportedMigration) as error:
         print(f"wallet migrate: {error}", file=sys.stderr)
         return 1
     print(f"migrations applied: {', '.join(run.applied) or 'none (up to date)'}; sql/ functions re-applied")

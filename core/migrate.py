@@ -313,8 +313,8 @@ SELECT a.privilege_type || ' on ' || CASE c.relkind WHEN 'S' THEN 'sequence' ELS
        c.oid::pg_catalog.regclass::text,
        'to ' || CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE a.grantee::pg_catalog.regrole::text END
 FROM pg_catalog.pg_class AS c,
-     LATERAL pg_catalog.aclexplode(coalesce(
-         c.relacl, pg_catalog.acldefault((CASE c.relkind WHEN 'S' THEN 's' ELSE 'r' END)::"char", c.relowner))) AS a
+     LATERAL pg_catalog.aclexplode(coalesce(c.relacl, pg_catalog.acldefault(
+         (CASE c.relkind WHEN 'S' THEN 's' ELSE 'r' END)::"char", c.relowner))) AS a
 WHERE c.relnamespace IN (SELECT oid FROM guarded) AND c.relkind IN ('r', 'p', 'v', 'm', 'S')
 UNION ALL
 SELECT 'type', t.oid::pg_catalog.regtype::text,
@@ -348,8 +348,8 @@ def _describe_removed(removed: set[tuple[str, str, str]]) -> str:
     return (
         "rolled back, nothing applied: the previous release may still use what this run would remove"
         f" or change: {listed}. Add a new version beside it instead (e.g. name_v2), and remove the old"
-        f" one in a post-deploy step ({POST_MIGRATIONS_DIR.name}/ of migrations/, run by"
-        " `wallet migrate --post` after the rollout)"
+        " one in a post-deploy step (migrations/post/, applied by `wallet migrate --post` after the"
+        " rollout)"
     )
 
 

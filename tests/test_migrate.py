@@ -1,6 +1,8 @@
 """`wallet migrate` as production runs it: as a least-privileged owner, moving an existing
 queue out of public, never blocked forever by whoever holds its lock, and resolving
-nothing through public where it can avoid it.
+nothing through public where it can avoid it; the migrations and sql/ in one transaction,
+adding only before a rollout, and the post-deploy steps only under --post, once each
+(tests/upgrade/ runs the previous release against it).
 """
 
 from __future__ import annotations
