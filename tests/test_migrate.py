@@ -24,7 +24,7 @@ from psycopg.rows import dict_row
 from yoyo import get_backend, read_migrations
 
 import core.migrate
-from cli.main import EXIT_MIGRATION_LOCKED, build_parser
+from cli.main import EXIT_MIGRATION_LOCKED, build_parser, main
 from core.database import with_database
 from core.migrate import (
     MIGRATION_LOCK_KEY,
@@ -662,3 +662,26 @@ def test_post_is_a_flag_of_migrate():
 
     assert parser.parse_args(["migrate"]).post is False
     assert parser.parse_args(["migrate", "--post"]).post is True
+
+
+def test_wallet_migrate_names_what_it_refuses_in_one_line_and_exits_1(
+    as_owner, db, monkeypatch, tmp_path, capsys
+):
+    db.execute(OLD_VERSION)
+    monkeypatch.setattr(
+        core.migrate,
+        "MIGRATIONS_DIR",
+        migrations_with(tmp_path, **{"0999_drop_probe_v1": "DROP FUNCTION wallet.probe_v1(bigint);\n"}),
+    )
+    for name in [name for name in os.environ if name.startswith("WALLET_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("DATABASE_URL", as_owner)
+
+    code = main(["migrate"])
+
+    out, err = capsys.readouterr()
+    assert (code, out) == (1, "")
+    [line] = err.splitlines()
+    assert line.startswith("wallet migrate: rolled back, nothing applied: "), line
+    assert "function wallet.probe_v1(bigint) returning bigint" in line
+    assert function_oid(db, "wallet.probe_v1(bigint)") is not None
