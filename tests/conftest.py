@@ -1,4 +1,5 @@
-"""A real PostgreSQL for every test that touches data.
+"""A real PostgreSQL for every test that touches data, and the fixtures tests of more than
+one folder share: tokens, a `wallet serve` of the test's own, `wallet worker` processes.
 
 Where the server comes from, in order: WALLET_TEST_DATABASE_URL; else a testcontainers
 PostgreSQL when a Docker engine answers; else an embedded PostgreSQL (pgserver) in a
@@ -19,12 +20,12 @@ import contextlib
 import gc
 import os
 import tempfile
-import uuid
 import warnings
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
+import httpx
 import psycopg
 import pytest
 from psycopg import sql
@@ -32,6 +33,9 @@ from psycopg import sql
 from core.database import with_database, with_user
 from core.migrate import migrate
 from core.settings import normalize_database_url
+from tests.support.databases import cloned_database, create_database, drop_database, unique_name
+from tests.support.processes import Workers, api_server
+from tests.support.tokens import TokenFactory, bearer, make_token
 
 ROOT = Path(__file__).resolve().parents[1]
 BOOTSTRAP_ROLES = ROOT / "sql" / "bootstrap" / "roles.sql"
@@ -132,24 +136,18 @@ def owner_url(logins: dict[str, str]) -> str:
 @pytest.fixture(scope="session")
 def template_database(postgres_url: str, owner_url: str) -> Iterator[str]:
     """The name of a database with every migration and sql/ applied by the owner."""
-    name = f"wallet_template_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_url, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}" OWNER {OWNER_ROLE}')
+    name = unique_name("wallet_template")
+    create_database(postgres_url, name, owner=OWNER_ROLE)
     migrate(with_database(owner_url, name))
     yield name
-    with psycopg.connect(postgres_url, autocommit=True) as connection:
-        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    drop_database(postgres_url, name)
 
 
 @pytest.fixture
 def database_url(postgres_url: str, template_database: str) -> Iterator[str]:
     """A fresh, migrated database of this test's own."""
-    name = f"wallet_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_url, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}" OWNER {OWNER_ROLE} TEMPLATE "{template_database}"')
-    yield with_database(postgres_url, name)
-    with psycopg.connect(postgres_url, autocommit=True) as connection:
-        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with cloned_database(postgres_url, template_database, owner=OWNER_ROLE) as url:
+        yield url
 
 
 @pytest.fixture
@@ -164,3 +162,51 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     """An asyncpg pool (the API's driver) of up to 70 connections to this test's database."""
     async with asyncpg.create_pool(database_url, min_size=0, max_size=70) as connection_pool:
         yield connection_pool
+
+
+@pytest.fixture(scope="session")
+def token() -> TokenFactory:
+    """token(*scopes, sub=..., owner_id=..., ttl_seconds=...): a valid token for the servers the
+    tests start; every scope by default."""
+    return make_token
+
+
+@pytest.fixture
+def fresh_api(database_url: str, tmp_path: Path) -> Iterator[str]:
+    """The base URL of a `wallet serve` of this test's own, on this test's own database."""
+    with api_server(database_url, log_path=tmp_path / "serve.log") as server:
+        yield server.base_url
+
+
+@pytest.fixture
+def http(fresh_api: str, token: TokenFactory) -> Iterator[httpx.Client]:
+    """An HTTP client on fresh_api, authenticated as a service with every scope."""
+    with httpx.Client(base_url=fresh_api, headers=bearer(token()), timeout=30) as client:
+        yield client
+
+
+# What every worker of the tests runs with, unless a test says otherwise.
+WORKER_SETTINGS = {
+    # A job deferred for later sends no NOTIFY when it falls due: workers find due
+    # settlements by polling, so poll often to keep the tests fast.
+    "WALLET_WORKER_POLL_MILLISECONDS": "50",
+    # The reconciler re-enqueues a due deposit without a live job after this grace; short,
+    # so that it races the regular jobs in every test (settlement must stay exactly once).
+    "WALLET_RECONCILE_GRACE_SECONDS": "1",
+    # Each job posts only its own deposit, so a kill lands mid-settlement and every job
+    # path is exercised; tests that race sweeps set it themselves.
+    "WALLET_SETTLE_SWEEP_LIMIT": "0",
+    "WALLET_LOG_LEVEL": "INFO",
+}
+
+
+@pytest.fixture
+def workers(database_url: str, tmp_path: Path) -> Iterator[Workers]:
+    """`workers.start(**settings)` starts a `wallet worker` on this test's database (settings:
+    WALLET_* variables as strings over WORKER_SETTINGS); `workers.wait_until(...)` polls a
+    condition and fails at once if a worker dies unasked. All are stopped at the end."""
+    group = Workers(database_url, tmp_path, **WORKER_SETTINGS)
+    try:
+        yield group
+    finally:
+        group.close()

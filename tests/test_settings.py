@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from core.settings import SettingsError, load_settings
-from tests.api.conftest import ROOT
+from tests.support.processes import ROOT
 
 VALID = {"WALLET_JWT_SECRET": "s" * 40}
 

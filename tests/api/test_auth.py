@@ -17,11 +17,11 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from litestar.exceptions import NotAuthorizedException
 
 from api import auth
 from api.auth import SCOPES, mint_token
 from core.settings import load_settings
-from tests.api.conftest import JWT_SECRET, running_server
 from tests.api.helpers import (
     assert_problem,
     assert_unauthenticated,
@@ -33,6 +33,8 @@ from tests.api.helpers import (
     unique,
     unsigned_token,
 )
+from tests.support.processes import running_server
+from tests.support.tokens import JWT_SECRET
 
 OTHER_SECRET = "another-secret-" + "y" * 40
 
@@ -181,18 +183,61 @@ def test_a_token_expired_within_the_leeway_is_still_accepted(api_url, token):
         assert http.get("/v1/commission-rules").status_code == 200
 
 
-def test_a_token_accepted_before_is_refused_once_it_expires(database_url, token):
-    # The server remembers tokens it has verified; what it remembers must expire with them.
-    with running_server(database_url, WALLET_JWT_LEEWAY_SECONDS="0") as base_url:
-        expiring = token(ttl_seconds=3)
-        expires_at = jwt.decode(expiring, options={"verify_signature": False})["exp"]
-        with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {expiring}"}) as http:
-            first, again = http.get("/v1/commission-rules"), http.get("/v1/commission-rules")
-            time.sleep(max(expires_at - time.time(), 0) + 0.2)
-            expired = http.get("/v1/commission-rules")
+class Clock:
+    """A clock for TokenVerifier that stands still until a test moves it."""
 
-    assert (first.status_code, again.status_code) == (200, 200)
-    assert_unauthenticated(expired)
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def verifier_at(clock: Clock, leeway_seconds: int) -> auth.TokenVerifier:
+    settings = load_settings(
+        {"WALLET_JWT_SECRET": JWT_SECRET, "WALLET_JWT_LEEWAY_SECONDS": str(leeway_seconds)}
+    )
+    return auth.TokenVerifier(settings, clock=clock)
+
+
+@pytest.mark.parametrize("leeway", [0, 30])
+def test_a_token_accepted_before_is_refused_once_it_expires(token, leeway):
+    # The verifier remembers tokens it has verified; what it remembers must expire with them.
+    clock = Clock()
+    verifier = verifier_at(clock, leeway)
+    expiring = token(sub="expiring", ttl_seconds=3)
+    expires_at = jwt.decode(expiring, options={"verify_signature": False})["exp"]
+
+    assert verifier.verify(expiring).sub == "expiring"
+    clock.now = expires_at + leeway - 0.5
+    assert verifier.verify(expiring).sub == "expiring"  # remembered, and still in date
+    clock.now = expires_at + leeway
+    with pytest.raises(NotAuthorizedException, match="expired"):
+        verifier.verify(expiring)
+    assert expiring not in verifier._verified
+
+
+def test_a_token_never_seen_is_checked_against_the_verifiers_clock(token):
+    # PyJWT reads the system clock, by which this token is in date; the verifier's is later.
+    clock = Clock()
+    verifier = verifier_at(clock, 0)
+    in_date_now = token(sub="later", ttl_seconds=600)
+    clock.now += 600
+
+    with pytest.raises(NotAuthorizedException, match="expired"):
+        verifier.verify(in_date_now)
+    assert verifier._verified == {}
+    clock.now -= 1
+    assert verifier.verify(in_date_now).sub == "later"
+
+
+def test_a_token_issued_after_the_verifiers_clock_is_not_yet_valid(token):
+    clock = Clock()
+    verifier = verifier_at(clock, 0)
+    clock.now -= 60  # the token's iat is a minute ahead of this clock
+
+    with pytest.raises(NotAuthorizedException, match="not valid"):
+        verifier.verify(token())
 
 
 def test_the_memory_of_verified_tokens_is_bounded(monkeypatch):

@@ -22,8 +22,9 @@ import httpx
 import psycopg
 import pytest
 
-from tests.api.conftest import TokenFactory, running_server
-from tests.money import expected_balances, reference_fee
+from tests.support.money import expected_balances, reference_fee
+from tests.support.processes import running_server
+from tests.support.tokens import TokenFactory
 
 # A deliberately busy workload that still fits a test run: 24 clients for 4 seconds.
 CLIENTS = 24
@@ -338,7 +339,7 @@ async def test_double_spend_over_http_is_impossible(
             race.create_task(withdraw(wallet_id, number))
             for wallet_id, number in itertools.product(wallet_ids, range(attempts))
         ]
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0)  # one turn of the loop: every task is now waiting on start
         start.set()
     responses = [task.result() for task in tasks]
 
@@ -389,7 +390,7 @@ async def test_concurrent_replays_over_http_move_money_once(
 
     async with asyncio.TaskGroup() as burst:
         tasks = [burst.create_task(send(number)) for number in range(20)]
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0)  # one turn of the loop: every task is now waiting on start
         start.set()
     responses = [task.result() for task in tasks]
 

@@ -2,12 +2,14 @@
 
 import httpx
 
-from tests.api.conftest import free_port, running_server
+from tests.support.processes import free_port, running_server
 
 
 def test_an_unreachable_database_is_503_with_retry_after(token):
     nowhere = f"postgresql://postgres@127.0.0.1:{free_port()}/wallet"  # nothing listens there
-    with running_server(nowhere, WALLET_POOL_MIN_SIZE="0", WALLET_POOL_ACQUIRE_TIMEOUT_SECONDS="2") as base:
+    with running_server(
+        nowhere, probe="/healthz", WALLET_POOL_MIN_SIZE="0", WALLET_POOL_ACQUIRE_TIMEOUT_SECONDS="2"
+    ) as base:
         headers = {"Authorization": f"Bearer {token()}"}
         with httpx.Client(base_url=base, headers=headers, timeout=30) as client:
             assert client.get("/healthz").status_code == 200  # the process itself is fine

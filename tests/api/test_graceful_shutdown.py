@@ -1,29 +1,20 @@
 """SIGTERM drains: in-flight requests finish, the process exits 0, new connections are refused."""
 
 import signal
-import subprocess
-import sys
 import threading
 import time
 
 import httpx
 import psycopg
 
-from tests.api.conftest import ROOT, free_port, server_environment, wait_until_healthy
+from tests.support.processes import api_server
 
 
-def test_sigterm_finishes_the_in_flight_request_and_exits_0(database_url, token):
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "cli", "serve", "--port", str(port)],
-        cwd=ROOT,
-        env=server_environment(database_url),
-    )
-    try:
+def test_sigterm_finishes_the_in_flight_request_and_exits_0(database_url, token, tmp_path):
+    with api_server(database_url, log_path=tmp_path / "serve.log") as server:
+        base_url = server.base_url
         headers = {"Authorization": f"Bearer {token()}"}
         with httpx.Client(base_url=base_url, headers=headers, timeout=30) as client:
-            wait_until_healthy(base_url, server)
             wallet = client.post("/v1/wallets", json={"owner_id": "drain"}).json()
             client.post(f"/v1/wallets/{wallet['id']}/deposits", json={"amount": 1000}).raise_for_status()
 
@@ -38,14 +29,17 @@ def test_sigterm_finishes_the_in_flight_request_and_exits_0(database_url, token)
                 )
                 in_flight.start()
                 _wait_until_waiting_on_a_lock(blocker, database_url)
-                server.send_signal(signal.SIGTERM)
-                time.sleep(0.5)
-                assert server.poll() is None, "the server quit with a request in flight"
+                server.send(signal.SIGTERM)
+                # Draining: the listening socket is closed, the process still runs.
+                server.wait_until(
+                    lambda: not server.accepts_connections(), timeout=10, what="new connections refused"
+                )
+                assert server.alive, "the server quit with a request in flight\n" + server.log_tail()
                 blocker.rollback()  # release the lock: the withdrawal can finish
             in_flight.join(timeout=20)
 
         assert [response.status_code for response in responses] == [201]
-        assert server.wait(timeout=20) == 0
+        assert server.wait(timeout=20) == 0, server.log_tail()
         try:
             httpx.get(f"{base_url}/healthz", timeout=2)
             raise AssertionError("the stopped server still answers")
@@ -54,10 +48,6 @@ def test_sigterm_finishes_the_in_flight_request_and_exits_0(database_url, token)
         with psycopg.connect(database_url) as check:
             balance = check.execute("SELECT balance FROM wallet.wallets WHERE id = %s", (wallet["id"],))
             assert balance.fetchone()[0] == 700
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
 
 
 def _wait_until_waiting_on_a_lock(blocker: psycopg.Connection, database_url: str) -> None:

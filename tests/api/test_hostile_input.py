@@ -14,7 +14,6 @@ import psycopg
 import pytest
 
 from api.auth import SCOPES
-from tests.api.conftest import JWT_SECRET
 from tests.api.helpers import (
     V1_RESOURCES,
     allowed,
@@ -27,6 +26,7 @@ from tests.api.helpers import (
     unique,
     wallet_count,
 )
+from tests.support.tokens import JWT_SECRET
 
 # Valid RFC 3339 date-times whose UTC value is in the year 10000 or the year 0.
 OUTSIDE_THE_CALENDAR_IN_UTC = [

@@ -11,7 +11,7 @@ import socket
 import time
 from urllib.parse import urlsplit
 
-from tests.api.conftest import running_server
+from tests.support.processes import running_server
 
 HTTPX_IDLE_EXPIRY_SECONDS = 5.0
 

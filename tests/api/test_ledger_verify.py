@@ -13,8 +13,8 @@ import httpx
 import psycopg
 import pytest
 
-from tests.api.conftest import running_server
 from tests.api.helpers import assert_problem_shape, funded_wallet
+from tests.support.processes import running_server
 
 
 @pytest.fixture

@@ -2,29 +2,17 @@
 the token or the body."""
 
 import json
-import subprocess
-import sys
 
 import httpx
 
-from tests.api.conftest import ROOT, free_port, server_environment, wait_until_healthy
+from tests.support.processes import api_server
 
 
 def test_each_request_logs_one_json_line_without_token_or_body(database_url, token, tmp_path):
-    port = free_port()
-    log_path = tmp_path / "serve.log"
     secret_token = token(sub="log-checker")
-    with log_path.open("w") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "cli", "serve", "--port", str(port)],
-            cwd=ROOT,
-            env=server_environment(database_url, WALLET_LOG_LEVEL="INFO"),
-            stderr=log,
-            stdout=log,
-        )
-    try:
-        base_url = f"http://127.0.0.1:{port}"
-        wait_until_healthy(base_url, server)
+    server = api_server(database_url, WALLET_LOG_LEVEL="INFO", log_path=tmp_path / "serve.log")
+    with server:
+        base_url = server.base_url
         headers = {"Authorization": f"Bearer {secret_token}", "X-Request-ID": "trace-me-123"}
         response = httpx.post(
             f"{base_url}/v1/wallets",
@@ -36,12 +24,10 @@ def test_each_request_logs_one_json_line_without_token_or_body(database_url, tok
         assert response.headers["X-Request-ID"] == "trace-me-123"
         generated = httpx.get(f"{base_url}/healthz", timeout=10).headers["X-Request-ID"]
         assert len(generated) == 32
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
 
-    text = log_path.read_text()
-    lines = [json.loads(line) for line in text.splitlines() if line.strip()]  # every line is JSON
+    text = server.log_text()
+    # Every line is JSON, but the helper's own "=== ... started" header.
+    lines = [json.loads(line) for line in text.splitlines() if line.strip() and not line.startswith("===")]
     [access] = [line for line in lines if line.get("request_id") == "trace-me-123"]
     assert access["logger"] == "wallet.access"
     assert (access["method"], access["route"], access["status"], access["sub"]) == (

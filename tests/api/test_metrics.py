@@ -8,7 +8,7 @@ import time
 
 import httpx
 
-from tests.api.conftest import running_server
+from tests.support.processes import running_server
 
 REQUESTS = 30
 SCRAPES = 8

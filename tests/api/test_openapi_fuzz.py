@@ -44,8 +44,9 @@ from schemathesis.errors import FailureGroup
 from api import probes
 from api.app import API_CONTROLLERS
 from core.database import with_database
-from tests.api.conftest import ROOT, TokenFactory, running_server
 from tests.api.fuzz_contract import excused
+from tests.support.processes import ROOT, running_server
+from tests.support.tokens import TokenFactory
 
 CONFIG_FILE = ROOT / "tests" / "api" / "schemathesis.toml"
 EXAMPLES_PER_OPERATION = 30

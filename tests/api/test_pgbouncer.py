@@ -22,7 +22,7 @@ import httpx
 import psycopg
 import pytest
 
-from tests.api.conftest import free_port, running_server
+from tests.support.processes import free_port, running_server
 
 PGBOUNCER = shutil.which("pgbouncer") or (
     "/usr/sbin/pgbouncer" if Path("/usr/sbin/pgbouncer").exists() else None

@@ -14,8 +14,8 @@ import jwt
 import pytest
 
 from api.schemas import MAX_AMOUNT, MAX_FEE_SETTING
-from tests.api.conftest import JWT_SECRET
 from tests.api.helpers import V1_RESOURCES, allowed, assert_problem, open_wallet, unique
+from tests.support.tokens import JWT_SECRET
 
 OTHER_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 IDEMPOTENCY_KEY_PATTERN = r"^[\x20-\x7e]{1,255}$"  # SPEC 6: 1 to 255 printable ASCII characters

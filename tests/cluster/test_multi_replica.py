@@ -18,21 +18,20 @@ import signal
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 import psycopg
 import pytest
 
-from api.auth import SCOPES, mint_token
-from tests.api.conftest import JWT_SECRET
-from tests.jobs.conftest import Workers
-from tests.money import expected_balances, reference_fee
+from tests.support.money import expected_balances, reference_fee
+from tests.support.processes import Server, Workers, log_tails
+from tests.support.tokens import make_token
 
-if TYPE_CHECKING:
-    from tests.cluster.conftest import Replicas
+Replicas = list[Server]
 
 CLIENTS = 16
 WORKLOAD_SECONDS = 15.0
@@ -267,10 +266,11 @@ async def make_chaos(
             "SELECT 1 FROM wallet.wallets WHERE id = %s FOR UPDATE", (chaos.probe.body["from_wallet_id"],)
         )
         probe = asyncio.create_task(send_probe())
-        await asyncio.sleep(0.5)
+        await until(lambda: blocked_by(db, lock.info.backend_pid), what="the probe waiting on the lock")
         chaos.sigterm_at = time.monotonic()
         replicas[0].send(signal.SIGTERM)
-        await asyncio.sleep(1.0)
+        # Draining: it no longer accepts connections, and the probe is still in flight.
+        await until(lambda: not replicas[0].accepts_connections(), what="replica 1 draining")
         lock.rollback()
     await probe
     chaos.sigterm_exit = await loop.run_in_executor(None, replicas[0].wait)
@@ -285,13 +285,31 @@ async def make_chaos(
     await loop.run_in_executor(None, terminate_backends)
 
 
+async def until(condition: Callable[[], Any], *, what: str, within: float = 10.0) -> None:
+    """Poll a blocking condition off the event loop until it holds; fail after `within` s."""
+    loop = asyncio.get_running_loop()
+    deadline = time.monotonic() + within
+    while not await loop.run_in_executor(None, condition):
+        assert time.monotonic() < deadline, f"{what}: not within {within} s"
+        await asyncio.sleep(0.02)
+
+
+def blocked_by(db: psycopg.Connection, pid: int) -> bool:
+    """Whether some session waits on a lock that backend pid holds."""
+    query = "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))"
+    return db.execute(query, (pid,)).fetchone()[0] > 0
+
+
 @pytest.mark.cluster
 async def test_replicas_crashes_and_killed_connections_lose_or_double_nothing(
     replicas: Replicas, workers: Workers, db: psycopg.Connection, database_url: str
 ) -> None:
-    workers.start()
-    workers.start()
-    cluster = Cluster(replicas, mint_token(JWT_SECRET, sub="cluster", scopes=list(SCOPES), ttl_seconds=600))
+    # Terminated connections restart a worker's run; the jobs it had running are retried once
+    # its old heartbeat is this old (12 s: procrastinate renews a live one every 10 s).
+    stalled = {"WALLET_STALLED_WORKER_SECONDS": "12"}
+    workers.start(**stalled)
+    workers.start(**stalled)
+    cluster = Cluster(replicas, make_token(sub="cluster"))
     try:
         await run(replicas, workers, db, cluster, database_url)
     finally:
@@ -299,7 +317,7 @@ async def test_replicas_crashes_and_killed_connections_lose_or_double_nothing(
 
 
 def tails(replicas: Replicas, workers: Workers) -> str:
-    return "\n" + replicas.log_tails() + "\n" + workers.log_tails()
+    return "\n" + log_tails(replicas) + "\n" + workers.log_tails()
 
 
 async def run(
@@ -450,7 +468,7 @@ def server_error_logs(replicas: Replicas) -> str:
     for replica in replicas:
         for line in replica.log_path.read_text(errors="replace").splitlines():
             if '"level": "error"' in line:
-                found.append(f"replica {replica.number}: {line[:200]} ... {line[-300:]}")
+                found.append(f"{replica.name}: {line[:200]} ... {line[-300:]}")
     return "\n".join(found[-5:])
 
 

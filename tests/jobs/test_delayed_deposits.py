@@ -15,7 +15,8 @@ from typing import Any
 
 import httpx
 import psycopg
-from ledger_helpers import (
+
+from tests.support.ledger import (
     change_status,
     funded_wallet,
     get_transaction,

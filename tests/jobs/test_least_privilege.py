@@ -11,10 +11,10 @@ from datetime import timedelta
 from urllib.parse import urlsplit
 
 import psycopg
-from ledger_helpers import get_wallet, new_wallet, rows, scalar
-from public_schema_attack import plant, planted_calls
 
 from core.database import with_database
+from tests.sql.public_schema_attack import plant, planted_calls
+from tests.support.ledger import get_wallet, new_wallet, rows, scalar
 
 LEAD = timedelta(seconds=3)
 SETTLE_SECONDS = 20

@@ -14,7 +14,8 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
-from ledger_helpers import (
+
+from tests.support.ledger import (
     change_status,
     deposit,
     new_wallet,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from ledger_helpers import (
+
+from tests.support.ledger import (
     MAX_AMOUNT,
     deposit,
     funded_wallet,
@@ -18,8 +19,7 @@ from ledger_helpers import (
     transfer,
     withdraw,
 )
-
-from tests.money import reference_fee
+from tests.support.money import reference_fee
 
 # --- the formula --------------------------------------------------------------------------
 

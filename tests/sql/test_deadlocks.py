@@ -16,7 +16,8 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
-from ledger_helpers import deposit, new_wallet, rows, scalar, set_rule
+
+from tests.support.ledger import deposit, new_wallet, rows, scalar, set_rule
 
 DEADLOCK = "40P01"
 # What a movement in the mixed load may meet and is not a failure of the ledger.
@@ -105,8 +106,7 @@ def test_settlement_sweeping_a_lower_wallet_never_deadlocks_with_a_transfer(db, 
         )
         move.start()
         wait_until(lambda: "transfer_pid" in results and waiting_on_a_lock(db, results["transfer_pid"]))
-        time.sleep(0.2)  # both are queued on their locks; now let them collide
-        holder.rollback()
+        holder.rollback()  # both are queued on their locks: now let them collide
     settle.join(30)
     move.join(30)
 

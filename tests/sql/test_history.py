@@ -13,12 +13,12 @@ import datetime
 import itertools
 import random
 import re
-import time
 import uuid
 from typing import Any
 
 import psycopg
-from ledger_helpers import (
+
+from tests.support.ledger import (
     change_status,
     deposit,
     funded_wallet,
@@ -29,6 +29,7 @@ from ledger_helpers import (
     scalar,
     set_rule,
     transfer,
+    wait_until_due,
     withdraw,
 )
 
@@ -185,10 +186,7 @@ def _busy_wallet(db: psycopg.Connection) -> uuid.UUID:
                 cancel(db, far.pop(rng.randrange(len(far))))
 
     movements(45)
-    due_in = scalar(
-        db, "SELECT max(available_at) - now() FROM wallet.transactions WHERE id = ANY(%s)", settling
-    )
-    time.sleep(max(due_in.total_seconds(), 0) + 0.05)
+    wait_until_due(db, *settling)
     for deposit_id in settling[:2]:
         assert settle(db, deposit_id) == "posted"
     movements(30)

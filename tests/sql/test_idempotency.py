@@ -5,7 +5,8 @@ from __future__ import annotations
 import threading
 
 import psycopg
-from ledger_helpers import (
+
+from tests.support.ledger import (
     change_status,
     deposit,
     funded_wallet,

@@ -13,7 +13,8 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
-from ledger_helpers import funded_wallet, ledger_state, new_wallet, raises_sqlstate, rows, scalar
+
+from tests.support.ledger import funded_wallet, ledger_state, new_wallet, raises_sqlstate, rows, scalar
 
 WRITES = {
     "deposit": "SELECT wallet.deposit('svc', NULL, NULL, NULL, %(a)s, 100)",

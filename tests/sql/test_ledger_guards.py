@@ -14,7 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pytest
-from ledger_helpers import (
+from yoyo import read_migrations
+
+from core.database import with_database
+from core.migrate import MIGRATIONS_DIR, SQL_DIR, apply_sql_functions, migrate
+from tests.support.ledger import (
     change_status,
     deposit,
     funded_wallet,
@@ -28,10 +32,6 @@ from ledger_helpers import (
     transfer,
     withdraw,
 )
-from yoyo import read_migrations
-
-from core.database import with_database
-from core.migrate import MIGRATIONS_DIR, SQL_DIR, apply_sql_functions, migrate
 
 WALLET_TABLES = """
     SELECT c.oid::regclass::text AS name

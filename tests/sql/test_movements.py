@@ -6,7 +6,7 @@ family of examples that shares one set-up is one test looping over named cases.
 
 from __future__ import annotations
 
-from ledger_helpers import (
+from tests.support.ledger import (
     MAX_AMOUNT,
     change_status,
     deposit,

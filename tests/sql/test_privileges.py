@@ -10,14 +10,14 @@ functions that touch it put that schema, never public, on their search_path.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 
 import psycopg
 import pytest
-from ledger_helpers import deposit, new_wallet, one, rows, scalar
-from public_schema_attack import plant, planted_calls
+
+from tests.sql.public_schema_attack import plant, planted_calls
+from tests.support.ledger import deposit, new_wallet, one, rows, scalar, wait_until_due
 
 QUEUE_SCHEMA = "procrastinate"
 # The nearest a deposit may be scheduled: within a second of now it is an instant deposit.
@@ -84,7 +84,7 @@ def test_objects_planted_in_public_by_wallet_app_never_run(db, app, public_writa
     db.execute(
         f"DELETE FROM {queue}.procrastinate_jobs WHERE queueing_lock = %s", (f"settle-deposit:{lost_job}",)
     )
-    time.sleep(LEAD_SECONDS + 0.1)
+    wait_until_due(db, settled, canceled, lost_job)
     reenqueued = scalar(app, "SELECT wallet.reconcile_scheduled_deposits(interval '0 seconds')")
     jobs_after_reconcile = {d: len(waiting_jobs(db, queue, d)) for d in (settled, canceled, lost_job)}
     outcomes = [scalar(app, "SELECT wallet.settle_deposit(%s, false, 0)", d) for d in (settled, lost_job)]

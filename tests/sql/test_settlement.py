@@ -3,11 +3,11 @@ each blocker raises so that the job retries (tests/jobs drive the same through a
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import psycopg
-from ledger_helpers import (
+
+from tests.support.ledger import (
     MAX_AMOUNT,
     change_status,
     funded_wallet,
@@ -16,6 +16,7 @@ from ledger_helpers import (
     raises_sqlstate,
     rows,
     scalar,
+    wait_until_due,
 )
 
 MAX_BALANCE = 10**18
@@ -34,13 +35,6 @@ def schedule(db: psycopg.Connection, wallet_id: uuid.UUID, amount: int) -> uuid.
     )
     assert deposit["status"] == "scheduled", deposit
     return deposit["id"]
-
-
-def wait_until_due(db: psycopg.Connection, *deposit_ids: uuid.UUID) -> None:
-    due_at = scalar(
-        db, "SELECT max(available_at) - now() FROM wallet.transactions WHERE id = ANY(%s)", list(deposit_ids)
-    )
-    time.sleep(max(due_at.total_seconds(), 0) + 0.05)
 
 
 def settle(db: psycopg.Connection, deposit_id: uuid.UUID, *, last_attempt: bool = False) -> str:

@@ -8,9 +8,9 @@ import threading
 
 import psycopg
 import pytest
-from ledger_helpers import deposit, funded_wallet, new_wallet, transfer
 
 from cli.main import EXIT_VERIFY_TIMED_OUT, main
+from tests.support.ledger import deposit, funded_wallet, new_wallet, transfer
 
 DIGEST = re.compile(r"^checkpoint: (v1:\d+:[0-9a-f]{64})$", re.MULTILINE)
 

@@ -6,7 +6,9 @@ family of examples that shares one set-up is one test looping over named cases.
 
 from __future__ import annotations
 
-from ledger_helpers import (
+from psycopg.types.json import Jsonb
+
+from tests.support.ledger import (
     change_status,
     deposit,
     funded_wallet,
@@ -25,7 +27,6 @@ from ledger_helpers import (
     unknown_id,
     withdraw,
 )
-from psycopg.types.json import Jsonb
 
 # --- open ---------------------------------------------------------------------------------
 

@@ -18,12 +18,18 @@ pod is replaced.
 Conditions are awaited with `wait_until` (module function or method), which polls until the
 condition returns something truthy and fails early, with the logs, when a watched process
 exits unasked: no test sleeps a fixed time for something it can observe.
+
+For the tests: `api_server` is wallet_serve verifying the tokens of tests/support/tokens.py,
+`running_server` the same as a with block that yields the base URL, and `Workers` the
+workers of one test on its database (the `workers` fixture). bench/ starts its servers and
+worker with Server and wallet_worker.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -31,12 +37,14 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self, TypeVar
 
 import psycopg
+
+from tests.support.tokens import JWT_SECRET
 
 ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
@@ -114,9 +122,11 @@ class ServiceProcess:
         self.command = list(command)
         self.environment = dict(environment)
         self.name = name
+        # Without a log_path, the output goes to a temporary folder that stop() removes.
+        self._own_log_folder: Path | None = None
         if log_path is None:
-            folder = Path(tempfile.mkdtemp(prefix="wallet-process-"))
-            log_path = folder / f"{name.replace(' ', '-')}.log"
+            self._own_log_folder = Path(tempfile.mkdtemp(prefix="wallet-process-"))
+            log_path = self._own_log_folder / f"{name.replace(' ', '-')}.log"
         self.log_path = log_path
         self.start_seconds = start_seconds
         self.stop_seconds = stop_seconds
@@ -234,12 +244,14 @@ class ServiceProcess:
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError, ServiceFailed):
                     self.send(signal.SIGKILL)
-        elif self.process_group:
-            # The leader is gone; anything it forked must not outlive it.
+        code = self.process.wait()
+        if self.process_group:
+            # Whatever the leader forked and left behind must not outlive it.
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.process.pid, signal.SIGKILL)
-        code = self.process.wait()
         self._record(code)
+        if self._own_log_folder is not None:
+            shutil.rmtree(self._own_log_folder, ignore_errors=True)
         return code
 
     def _record(self, code: int) -> None:
@@ -297,6 +309,15 @@ class Server(ServiceProcess):
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    def accepts_connections(self) -> bool:
+        """Whether a TCP connection to host:port is accepted now (False once a draining
+        server has closed its listening socket)."""
+        try:
+            with socket.create_connection((self.host, self.port), timeout=2):
+                return True
+        except OSError:
+            return False
 
     def ready(self) -> bool:
         with (
@@ -400,3 +421,81 @@ def wallet_worker(
         log_path=log_path,
         stop_seconds=stop_seconds,
     )
+
+
+def api_server(database_url: str, **options) -> Server:
+    """wallet_serve as the tests run it: verifying tokens signed with the tests' JWT_SECRET,
+    logging warnings and above (options: wallet_serve's, WALLET_* settings override these)."""
+    return wallet_serve(
+        database_url, **{"WALLET_JWT_SECRET": JWT_SECRET, "WALLET_LOG_LEVEL": "WARNING", **options}
+    )
+
+
+@contextlib.contextmanager
+def running_server(database_url: str, **options) -> Iterator[str]:
+    """An api_server for the length of a with block; yields its base URL."""
+    with api_server(database_url, **options) as server:
+        yield server.base_url
+
+
+def log_tails(processes: Iterable[ServiceProcess], lines: int = LOG_TAIL_LINES) -> str:
+    """The log tail of each process, for a failure message."""
+    return "\n".join(process.log_tail(lines) for process in processes)
+
+
+class Workers:
+    """The `wallet worker` processes of one test, on one database, each logging to
+    log_folder/worker-N.log. `wait_until` fails at once when any of them exits unasked."""
+
+    def __init__(self, database_url: str, log_folder: Path, **defaults: str) -> None:
+        self.database_url = database_url
+        self.log_folder = log_folder
+        self.defaults = defaults  # settings every worker gets unless start() says otherwise
+        self.started: list[Worker] = []
+
+    def start(self, **settings: str) -> Worker:
+        """A new worker (settings: WALLET_* variables as strings, or DATABASE_URL to log in
+        otherwise), returned once it has registered."""
+        number = len(self.started) + 1
+        worker = wallet_worker(
+            self.database_url,
+            name=f"worker {number}",
+            log_path=self.log_folder / f"worker-{number}.log",
+            stop_seconds=10,
+            **{**self.defaults, **settings},
+        )
+        self.started.append(worker)
+        return worker.start()
+
+    def restart(self, worker: Worker) -> Worker:
+        """A new worker with the same environment as worker (killed first if it still runs)."""
+        worker.kill()
+        number = len(self.started) + 1
+        replacement = Worker(
+            worker.command,
+            worker.environment,
+            watch_url=worker.watch_url,
+            name=f"worker {number}",
+            log_path=self.log_folder / f"worker-{number}.log",
+            stop_seconds=worker.stop_seconds,
+        )
+        self.started.append(replacement)
+        return replacement.start()
+
+    def wait_until(
+        self, condition: Callable[[], T], *, timeout: float, what: str, interval: float = 0.05
+    ) -> T:
+        return wait_until(condition, timeout=timeout, what=what, interval=interval, watch=self.started)
+
+    def log_tails(self, lines: int = LOG_TAIL_LINES) -> str:
+        return log_tails(self.started, lines)
+
+    def close(self) -> None:
+        """SIGTERM to all at once, then wait for each (SIGKILL past its stop timeout)."""
+        for worker in self.started:
+            if worker.alive:
+                worker.stopped_on_purpose = True
+                with contextlib.suppress(ProcessLookupError, ServiceFailed):
+                    worker.send(signal.SIGTERM)
+        for worker in self.started:
+            worker.stop()
