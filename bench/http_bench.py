@@ -18,13 +18,9 @@ import platform
 import resource
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +29,7 @@ import psycopg
 
 from api.auth import mint_token
 from bench import BenchmarkFailed, sql_bench
+from tests.support.processes import Server, ServiceFailed, free_port, service_environment
 
 BENCH_DIR = sql_bench.BENCH_DIR
 REPOSITORY = BENCH_DIR.parent  # the server runs here, so it imports this repository's api/
@@ -252,60 +249,30 @@ def running_server(run: ServerRun, url: str, secret: str, work_dir: Path) -> Ite
     """The server process, ready (its /readyz answers); stopped on the way out."""
     # Only what the benchmark sets: a WALLET_* setting left in the caller's shell must not
     # change what is measured.
-    env = {name: value for name, value in os.environ.items() if not name.startswith("WALLET_")}
-    env |= {
-        "DATABASE_URL": url,
-        "WALLET_JWT_SECRET": secret,
-        "WALLET_LOG_LEVEL": run.log_level,
-        "WALLET_POOL_MAX_SIZE": str(POOL_MAX_SIZE),
-    }
-    port = free_port()
-    base_url = f"http://{HOST}:{port}"
-    log_path = work_dir / f"{run.server}-{run.log_level.lower()}.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            server_command(run.server, port),
-            cwd=REPOSITORY,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: granian's workers stop with it
-        )
+    environment = service_environment(
+        url, WALLET_JWT_SECRET=secret, WALLET_LOG_LEVEL=run.log_level, WALLET_POOL_MAX_SIZE=str(POOL_MAX_SIZE)
+    )
+    port = free_port(HOST)
+    server = Server(
+        server_command(run.server, port),
+        environment,
+        port=port,
+        host=HOST,
+        name=run.name,
+        log_path=work_dir / f"{run.server}-{run.log_level.lower()}.log",
+        start_seconds=READY_SECONDS,
+        stop_seconds=STOP_SECONDS,
+        process_group=True,  # its own process group: granian's workers stop with it
+    )
     try:
-        wait_until_ready(process, base_url, log_path)
-        print(f"  {run.name}: pid {process.pid} on {base_url}")
-        yield RunningServer(run, base_url, log_path, process.pid)
+        server.start()
+    except ServiceFailed as error:
+        raise BenchmarkFailed(f"the server did not start: {error}") from None
+    try:
+        print(f"  {run.name}: pid {server.pid} on {server.base_url}")
+        yield RunningServer(run, server.base_url, server.log_path, server.pid)
     finally:
-        stop(process)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        return probe.getsockname()[1]
-
-
-def wait_until_ready(process: subprocess.Popen, base_url: str, log_path: Path) -> None:
-    deadline = time.monotonic() + READY_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise BenchmarkFailed(f"the server exited ({process.returncode}):\n{tail(log_path)}")
-        with contextlib.suppress(OSError), urllib.request.urlopen(f"{base_url}/readyz", timeout=2) as answer:
-            if answer.status == 200:
-                return
-        time.sleep(0.1)
-    raise BenchmarkFailed(f"the server was not ready within {READY_SECONDS} s:\n{tail(log_path)}")
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(STOP_SECONDS)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        server.stop()
 
 
 def tail(log_path: Path) -> str:

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
+import tempfile
 from pathlib import Path
 
 import psycopg
 
 from bench import BenchmarkFailed
 from bench.sql_bench import BENCH_DIR, BUSY_LOAD, fresh_database, seed, server_url
+from tests.support.processes import ServiceFailed, Worker, wait_until, wallet_worker
 
 RESULTS_FILE = BENCH_DIR / "results" / "settlement.json"
 DATABASE = "wallet_bench_settlement"
@@ -38,24 +36,12 @@ def main() -> None:
     if load_before >= BUSY_LOAD:
         print("  WARNING: the machine is busy with other work; the figures will be noisy")
 
-    worker = start_worker(url)
-    try:
-        with psycopg.connect(url, autocommit=True) as connection:
-            due_at = connection.execute(
-                "SELECT now() + make_interval(secs => %s)", (LEAD_SECONDS,)
-            ).fetchone()[0]
-            connection.execute(
-                """
-                SELECT wallet.deposit('bench', NULL, NULL, NULL, wallet_id, 100000, NULL, NULL, %s)
-                FROM bench_ids WHERE n BETWEEN 2 AND %s
-                """,
-                (due_at, DEPOSITS + 1),
-            )
-            wait_until_settled(connection)
-            figures = lag_figures(connection)
-            violations = connection.execute("SELECT count(*) FROM wallet.verify_ledger()").fetchone()[0]
-    finally:
-        stop(worker)
+    with tempfile.TemporaryDirectory(prefix="wallet-settlement-bench-") as work:
+        worker = start_worker(url, Path(work))
+        try:
+            figures, violations = settle_deposits(url, worker)
+        finally:
+            worker.stop()
 
     report = {
         "deposits": DEPOSITS,
@@ -84,36 +70,50 @@ def main() -> None:
         raise BenchmarkFailed(f"settled {figures['settled']} of {DEPOSITS}, {figures['duplicates']} twice")
 
 
-def start_worker(url: str) -> subprocess.Popen:
-    environment = {**os.environ, "DATABASE_URL": url, "WALLET_LOG_LEVEL": "WARNING"}
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "cli", "worker"], cwd=Path(BENCH_DIR).parent, env=environment
-    )
-    time.sleep(2)  # connected and idle, waiting for due jobs
-    if worker.poll() is not None:
-        raise BenchmarkFailed(f"wallet worker exited with {worker.returncode}")
-    return worker
-
-
-def stop(worker: subprocess.Popen) -> None:
-    worker.send_signal(signal.SIGTERM)
+def start_worker(url: str, work_dir: Path) -> Worker:
+    """One `wallet worker`, returned once it has registered (connected, idle, waiting for due
+    jobs); WALLET_* settings of the caller's shell do not reach it."""
+    worker = wallet_worker(url, log_path=work_dir / "worker.log", WALLET_LOG_LEVEL="WARNING")
     try:
-        worker.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        worker.kill()
-        worker.wait()
+        return worker.start()
+    except ServiceFailed as error:
+        raise BenchmarkFailed(f"wallet worker did not start: {error}") from None
 
 
-def wait_until_settled(connection: psycopg.Connection) -> None:
-    deadline = time.monotonic() + LEAD_SECONDS + SETTLE_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        waiting = connection.execute(
+def settle_deposits(url: str, worker: Worker) -> tuple[dict, int]:
+    """Schedule DEPOSITS deposits due together, wait until the worker has settled them;
+    the lag figures and the ledger's violations."""
+    with psycopg.connect(url, autocommit=True) as connection:
+        due_at = connection.execute("SELECT now() + make_interval(secs => %s)", (LEAD_SECONDS,)).fetchone()[0]
+        connection.execute(
+            """
+            SELECT wallet.deposit('bench', NULL, NULL, NULL, wallet_id, 100000, NULL, NULL, %s)
+            FROM bench_ids WHERE n BETWEEN 2 AND %s
+            """,
+            (due_at, DEPOSITS + 1),
+        )
+        wait_until_settled(connection, worker)
+        figures = lag_figures(connection)
+        violations = connection.execute("SELECT count(*) FROM wallet.verify_ledger()").fetchone()[0]
+    return figures, violations
+
+
+def wait_until_settled(connection: psycopg.Connection, worker: Worker) -> None:
+    def waiting() -> int:
+        return connection.execute(
             "SELECT count(*) FROM wallet.transactions WHERE status = 'scheduled'"
         ).fetchone()[0]
-        if waiting == 0:
-            return
-        time.sleep(0.5)
-    raise BenchmarkFailed(f"{waiting} deposits still scheduled after {SETTLE_TIMEOUT_SECONDS} s")
+
+    try:
+        wait_until(
+            lambda: waiting() == 0,
+            timeout=LEAD_SECONDS + SETTLE_TIMEOUT_SECONDS,
+            what="every deposit settled",
+            interval=0.5,
+            watch=[worker],
+        )
+    except ServiceFailed as error:
+        raise BenchmarkFailed(f"{waiting()} deposits still scheduled: {error}") from None
 
 
 def lag_figures(connection: psycopg.Connection) -> dict:
