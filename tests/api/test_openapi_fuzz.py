@@ -31,7 +31,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
@@ -43,8 +42,8 @@ from schemathesis.errors import FailureGroup
 
 from api import probes
 from api.app import API_CONTROLLERS
-from core.database import with_database
 from tests.api.fuzz_contract import excused
+from tests.support.databases import cloned_database
 from tests.support.processes import ROOT, running_server
 from tests.support.tokens import TokenFactory
 
@@ -93,43 +92,35 @@ class Service:
 def service(postgres_url: str, template_database: str, token: TokenFactory) -> Iterator[Service]:
     """A server of this module's own, on its own database (generated writes stay there), an
     all-scopes bearer token, and real ids to aim some requests at."""
-    name = f"wallet_fuzz_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_url, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
     bearer_token = token()
-    try:
-        with (
-            running_server(with_database(postgres_url, name)) as base_url,
-            httpx.Client(
-                base_url=base_url, headers={"Authorization": f"Bearer {bearer_token}"}, timeout=30
-            ) as http,
-        ):
+    with (
+        cloned_database(postgres_url, template_database, prefix="wallet_fuzz") as database_url,
+        running_server(database_url) as base_url,
+        httpx.Client(
+            base_url=base_url, headers={"Authorization": f"Bearer {bearer_token}"}, timeout=30
+        ) as http,
+    ):
 
-            def created(path: str, body: dict[str, Any]) -> str:
-                response = http.post(path, json=body)
-                assert response.status_code == 201, response.text
-                return response.json()["id"]
+        def created(path: str, body: dict[str, Any]) -> str:
+            response = http.post(path, json=body)
+            assert response.status_code == 201, response.text
+            return response.json()["id"]
 
-            funded, pending, bare = (
-                created("/v1/wallets", {"owner_id": f"fuzz-{uuid.uuid4().hex}"}) for _ in range(3)
-            )
-            posted = created(f"/v1/wallets/{funded}/deposits", {"amount": 10**9})
-            tomorrow = (datetime.now(UTC) + timedelta(days=1)).isoformat()
-            scheduled = created(
-                f"/v1/wallets/{pending}/deposits", {"amount": 10**6, "available_at": tomorrow}
-            )
-            yield Service(
-                base_url=base_url,
-                bearer_token=bearer_token,
-                id_sets=(
-                    {"wallet_id": funded, "transaction_id": posted},
-                    {"wallet_id": pending, "transaction_id": scheduled},
-                    {"wallet_id": bare},
-                ),
-            )
-    finally:
-        with psycopg.connect(postgres_url, autocommit=True) as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        funded, pending, bare = (
+            created("/v1/wallets", {"owner_id": f"fuzz-{uuid.uuid4().hex}"}) for _ in range(3)
+        )
+        posted = created(f"/v1/wallets/{funded}/deposits", {"amount": 10**9})
+        tomorrow = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+        scheduled = created(f"/v1/wallets/{pending}/deposits", {"amount": 10**6, "available_at": tomorrow})
+        yield Service(
+            base_url=base_url,
+            bearer_token=bearer_token,
+            id_sets=(
+                {"wallet_id": funded, "transaction_id": posted},
+                {"wallet_id": pending, "transaction_id": scheduled},
+                {"wallet_id": bare},
+            ),
+        )
 
 
 def test_every_served_operation_is_fuzzed(api_url: str) -> None:

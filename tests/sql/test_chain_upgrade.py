@@ -11,8 +11,8 @@ import pytest
 from yoyo import get_backend, read_migrations
 from yoyo.migrations import MigrationList
 
-from core.database import with_database
 from core.migrate import MIGRATIONS_DIR, _yoyo_url, migrate
+from tests.support.databases import create_database, drop_database, unique_name
 
 BEFORE_THE_CHAIN = "0005_settlement_blocker_returns_its_sqlstate"
 
@@ -56,10 +56,8 @@ IDS = {name: uuid.uuid4() for name in ("a", "b", "c", "t1", "t2", "t3", "t4", "t
 @pytest.fixture
 def old_ledger_url(postgres_url: str) -> Iterator[str]:
     """A database migrated to the release before the chain, with a ledger written by it."""
-    name = f"wallet_old_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_url, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
-    url = with_database(postgres_url, name)
+    name = unique_name("wallet_old")
+    url = create_database(postgres_url, name)
     backend = get_backend(_yoyo_url(url))
     try:
         with backend.lock():
@@ -70,8 +68,7 @@ def old_ledger_url(postgres_url: str) -> Iterator[str]:
     with psycopg.connect(url, autocommit=True) as connection:
         connection.execute(OLD_LEDGER.format(**IDS))
     yield url
-    with psycopg.connect(postgres_url, autocommit=True) as connection:
-        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    drop_database(postgres_url, name)
 
 
 def test_an_old_ledger_is_chained_by_migrate_and_verifies_clean(old_ledger_url):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -18,6 +17,7 @@ from yoyo import read_migrations
 
 from core.database import with_database
 from core.migrate import MIGRATIONS_DIR, SQL_DIR, apply_sql_functions, migrate
+from tests.support.databases import create_database, drop_database, unique_name
 from tests.support.ledger import (
     change_status,
     deposit,
@@ -576,12 +576,12 @@ def test_every_function_in_schema_wallet_is_defined_in_sql_or_migrations(db):
 def empty_database_url(postgres_url: str, owner_url: str) -> Iterator[str]:
     """A database with nothing in it, as `wallet migrate` meets it on a new install: owned by
     the ledger's owner, who migrates it (as the template was)."""
-    name = f"wallet_empty_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_url, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}" OWNER wallet_owner')
-    yield with_database(owner_url, name)
-    with psycopg.connect(postgres_url, autocommit=True) as connection:
-        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    name = unique_name("wallet_empty")
+    create_database(postgres_url, name, owner="wallet_owner")
+    try:
+        yield with_database(owner_url, name)
+    finally:
+        drop_database(postgres_url, name)
 
 
 def _migration_ids() -> list[str]:
