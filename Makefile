@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test soak fuzz lint docs format bench lock clean pgbouncer chromium
+.PHONY: install run test soak fuzz lint docs format bench lock clean pgbouncer chromium wrk
 
 install: $(STAMP)
 
@@ -70,8 +70,16 @@ format: install
 
 # Every suite, or some: `make bench SUITES="sql history"` (see bench/README.md).
 SUITES ?=
-bench: install
+# The HTTP suite needs wrk (Debian's package), installed here as root like pgbouncer for `make test`;
+# where it cannot be, bench/ says the HTTP suite was skipped and runs the others.
+bench: install wrk
 	$(BIN)/python -m bench $(SUITES)
+
+wrk:
+	@command -v wrk >/dev/null || \
+		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		  apt-get install -y -qq wrk >/dev/null 2>&1; } || \
+		echo "wrk not installed: make bench will skip its HTTP suite"
 
 # Pin what `make install` resolves today into requirements.lock (commit the result).
 lock:
