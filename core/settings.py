@@ -118,8 +118,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         settle_retry_base_seconds=read.integer("WALLET_SETTLE_RETRY_BASE_SECONDS", 2, 1, 3600),
         settle_sweep_limit=read.integer("WALLET_SETTLE_SWEEP_LIMIT", 50, 0, 1000),
         reconcile_grace_seconds=read.integer("WALLET_RECONCILE_GRACE_SECONDS", 30, 1, 86400),
-        # A worker without a heartbeat for this long is dead, and its running jobs are retried.
-        # procrastinate's workers beat every 10 s, so below 20 s a live worker could look dead.
+        # A worker without a heartbeat for this long is dead, and its running jobs are retried;
+        # workers beat three times in this window (jobs.app.run_worker).
         stalled_worker_seconds=read.integer("WALLET_STALLED_WORKER_SECONDS", 30, 1, 3600),
         job_retention_hours=read.integer("WALLET_JOB_RETENTION_HOURS", 72, 1, 24 * 365),
     )

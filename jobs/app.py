@@ -19,6 +19,7 @@ logger = logging.getLogger("wallet.jobs")
 # Where migration 0007 put procrastinate's tables and functions.
 QUEUE_SCHEMA = "procrastinate"
 RESTART_DELAY_SECONDS = 1.0
+HEARTBEATS_PER_STALL_WINDOW = 3
 
 
 def create_app(settings: Settings, url: str, concurrency: int) -> procrastinate.App:
@@ -51,6 +52,8 @@ async def run_worker(settings: Settings, url: str, concurrency: int) -> None:
                     fetch_job_polling_interval=settings.worker_poll_seconds,
                     listen_notify=settings.worker_listen_notify,
                     install_signal_handlers=True,
+                    # Three heartbeats fit in the stall window, so a live worker never looks dead.
+                    update_heartbeat_interval=settings.stalled_worker_seconds / HEARTBEATS_PER_STALL_WINDOW,
                     additional_context={"pool": pool},
                 )
                 return  # stopped by SIGTERM or SIGINT

@@ -305,8 +305,8 @@ async def test_replicas_crashes_and_killed_connections_lose_or_double_nothing(
     replicas: Replicas, workers: Workers, db: psycopg.Connection, database_url: str
 ) -> None:
     # Terminated connections restart a worker's run; the jobs it had running are retried once
-    # its old heartbeat is this old (12 s: procrastinate renews a live one every 10 s).
-    stalled = {"WALLET_STALLED_WORKER_SECONDS": "12"}
+    # its old heartbeat is this old (3 s: a live worker renews it every second).
+    stalled = {"WALLET_STALLED_WORKER_SECONDS": "3"}
     workers.start(**stalled)
     workers.start(**stalled)
     cluster = Cluster(replicas, make_token(sub="cluster"))

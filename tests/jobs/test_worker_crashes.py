@@ -4,9 +4,9 @@ clean up after crashes keep firing.
 
 Recovery from SIGKILL waits for stall detection: the killed worker's running jobs stay
 'doing' until its heartbeat is WALLET_STALLED_WORKER_SECONDS old (30 s by default) and
-retry_stalled_jobs, every 10 s, runs them again. The workers these tests kill are told 12 s,
-the shortest at which a live worker, whose heartbeat procrastinate renews every 10 s, never
-looks dead: recovery then takes up to about 22 s, not 40.
+retry_stalled_jobs, every 10 s, runs them again. The workers these tests kill are told 3 s
+(they then beat every second, a third of it, so a live one never looks dead): recovery takes
+up to about 13 s, not 40.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from tests.support.ledger import get_wallet, new_wallet, rows, scalar
 LEAD = timedelta(seconds=3)
 SETTLE_SECONDS = 20
 # For the workers a test kills (see above).
-STALLED = {"WALLET_STALLED_WORKER_SECONDS": "12"}
-# A heartbeat up to 10 s old when killed, stalled at 12 s, retried at the next 10 s tick;
+STALLED = {"WALLET_STALLED_WORKER_SECONDS": "3"}
+# A heartbeat up to 1 s old when killed, stalled at 3 s, retried at the next 10 s tick;
 # generous, for a busy machine.
 RECOVERY_SECONDS = 60
 # Periodic jobs: every 15 s (reconcile) and 10 s (stalled), plus a worker start.
