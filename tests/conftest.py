@@ -135,10 +135,11 @@ def owner_url(logins: dict[str, str]) -> str:
 
 @pytest.fixture(scope="session")
 def template_database(postgres_url: str, owner_url: str) -> Iterator[str]:
-    """The name of a database with every migration and sql/ applied by the owner."""
+    """The name of a database with every migration, sql/ and the post-deploy steps applied by
+    the owner: the suite runs on the schema this release has once its rollout is done."""
     name = unique_name("wallet_template")
     create_database(postgres_url, name, owner=OWNER_ROLE)
-    migrate(with_database(owner_url, name))
+    migrate(with_database(owner_url, name), post=True)
     yield name
     drop_database(postgres_url, name)
 
