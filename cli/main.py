@@ -16,10 +16,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import asyncpg
+import psycopg
 
 from api.auth import SCOPES, mint_token
 from core import ledger
-from core.database import DatabaseNotConfigured, database_url
+from core.database import DatabaseNotConfigured, DatabaseUnreachable, check_reachable, database_url
 from core.logs import configure_logging
 from core.migrate import (
     DEFAULT_LOCK_TIMEOUT_SECONDS,
@@ -39,6 +40,8 @@ EXIT_VERIFY_TIMED_OUT = 3
 # `wallet migrate` gave up waiting for another session's migration lock: EX_TEMPFAIL of
 # sysexits.h (try again later), apart from 1 (errors) and 2 (usage, configuration).
 EXIT_MIGRATION_LOCKED = 75
+# The database does not answer or refuses the login: EX_UNAVAILABLE of sysexits.h.
+EXIT_DATABASE_UNREACHABLE = 69
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
@@ -127,7 +130,6 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
-    settings.jwt_verification_key  # fail fast, in the parent, naming the setting  # noqa: B018
     if settings.database_url is None:
         # One embedded server for every worker process, started here; uvicorn's processes
         # read their settings again from the environment.
@@ -239,22 +241,33 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _supervise(children: list[subprocess.Popen]) -> int:
-    stopping = False
+    """Wait until SIGINT or SIGTERM (exit 0) or until a child exits on its own (exit with its
+    code, at least 1: the API that cannot bind its port, a worker that cannot start); either
+    way, stop the others."""
+    requested = False
 
     def stop(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
+        nonlocal requested
+        requested = True
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    while not stopping and all(child.poll() is None for child in children):
+    while not requested and all(child.poll() is None for child in children):
         time.sleep(0.2)
-    stop()
-    codes = [child.wait() for child in children]
-    return 0 if stopping else max(codes)
+    failed = [child for child in children if child.poll() is not None]
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    for child in children:
+        child.wait()
+    if requested:
+        return 0
+    code = failed[0].returncode
+    print(
+        f"wallet run: {' '.join(failed[0].args[3:4])} stopped (exit {code}); stopped the rest",
+        file=sys.stderr,
+    )
+    return code if code > 0 else 1
 
 
 def _dev_secret(data_dir: Path, *, create: bool) -> str | None:
@@ -281,6 +294,16 @@ def _timestamp(text: str) -> datetime:
     return value
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 1 to 65535, not {port}")
+    return port
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wallet", description="Merchant wallet service")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -303,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="after a rollout, once no pod of the previous release runs: also apply the post-deploy"
         " steps (migrations/post/) that remove what only the previous release used",
     )
-    migrate_command.set_defaults(handler=cmd_migrate)
+    migrate_command.set_defaults(handler=cmd_migrate, uses_database=True)
     verify = commands.add_parser("verify", help="check the ledger; exit 1 on any violation")
     verify.add_argument(
         "--checkpoint",
@@ -327,15 +350,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=VERIFY_TIMEOUT_SECONDS,
         help=f"seconds the check may run (default {VERIFY_TIMEOUT_SECONDS})",
     )
-    verify.set_defaults(handler=cmd_verify)
+    verify.set_defaults(handler=cmd_verify, uses_database=True)
 
     stats = commands.add_parser("stats", help="delayed-deposit settlement figures as JSON")
     stats.add_argument("--minutes", type=int, default=60, help="window of deposits counted")
-    stats.set_defaults(handler=cmd_stats)
+    stats.set_defaults(handler=cmd_stats, uses_database=True)
 
     serve = commands.add_parser("serve", help="run the REST API")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=_port, default=8000, help="1 to 65535 (default 8000)")
     serve.add_argument("--workers", type=int, default=1, help="processes (default 1)")
     serve.add_argument(
         "--graceful-seconds",
@@ -343,11 +366,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=20,
         help="how long in-flight requests may finish after SIGTERM",
     )
-    serve.set_defaults(handler=cmd_serve)
+    serve.set_defaults(handler=cmd_serve, uses_database=True, verifies_tokens=True)
 
     worker = commands.add_parser("worker", help="run the job worker")
     worker.add_argument("--concurrency", type=int, help="jobs at once (default WALLET_WORKER_CONCURRENCY)")
-    worker.set_defaults(handler=cmd_worker)
+    worker.set_defaults(handler=cmd_worker, uses_database=True)
 
     token = commands.add_parser("token", help="mint a token for local use (HS256)")
     token.add_argument("--sub", required=True, help="who calls (the token's subject)")
@@ -358,18 +381,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="migrations, API and worker on one machine (make run)")
     run.add_argument("--host", default="127.0.0.1")
-    run.add_argument("--port", type=int, default=8000)
-    run.set_defaults(handler=cmd_run)
+    run.add_argument("--port", type=_port, default=8000, help="1 to 65535 (default 8000)")
+    run.set_defaults(handler=cmd_run, uses_database=True)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.handler(args, load_settings())
+        settings = load_settings()
+        if getattr(args, "verifies_tokens", False):
+            settings.jwt_verification_key  # noqa: B018 - a missing key is named before anything starts
+        if getattr(args, "uses_database", False) and settings.database_url is not None:
+            check_reachable(settings.database_url)  # one line naming it, not a traceback later
+        try:
+            return args.handler(args, settings)
+        except (OSError, psycopg.OperationalError, asyncpg.PostgresConnectionError) as error:
+            if settings.database_url is None:
+                raise
+            raise DatabaseUnreachable(settings.database_url, error) from None  # lost mid-command
     except (DatabaseNotConfigured, SettingsError) as error:
         print(f"wallet: {error}", file=sys.stderr)
         return 2
+    except DatabaseUnreachable as error:
+        print(f"wallet: {error}", file=sys.stderr)
+        return EXIT_DATABASE_UNREACHABLE
     except MigrationLockTimeout as error:  # `wallet run` migrates before it starts anything
         print(f"wallet: {error}", file=sys.stderr)
         return EXIT_MIGRATION_LOCKED

@@ -18,6 +18,44 @@ class DatabaseNotConfigured(RuntimeError):
     pass
 
 
+class DatabaseUnreachable(RuntimeError):
+    """The database DATABASE_URL names does not answer, or refuses the login; str() is one line
+    naming the setting, the host, port, database and user, never the password."""
+
+    def __init__(self, url: str, reason: object) -> None:
+        super().__init__(
+            f"cannot reach the database of DATABASE_URL ({describe(url)}): {_one_line(reason, url)}"
+        )
+
+
+REACH_TIMEOUT_SECONDS = 5
+
+
+def check_reachable(url: str, timeout_seconds: int = REACH_TIMEOUT_SECONDS) -> None:
+    """Log in once and leave; DatabaseUnreachable when that fails."""
+    import psycopg
+
+    try:
+        psycopg.connect(url, connect_timeout=timeout_seconds, autocommit=True).close()
+    except (psycopg.Error, OSError) as error:
+        raise DatabaseUnreachable(url, error) from None
+
+
+def describe(url: str) -> str:
+    """Where a URL points, without its password: host, port, database, user."""
+    parts = urlsplit(url)
+    host = parts.hostname or "the local socket"
+    port = parts.port
+    database = parts.path.lstrip("/") or "(default)"
+    return f"host {host}, port {port or 5432}, database {database}, user {parts.username or '(default)'}"
+
+
+def _one_line(reason: object, url: str) -> str:
+    text = " ".join(str(reason).split()) or type(reason).__name__
+    password = urlsplit(url).password
+    return text.replace(password, "***") if password else text
+
+
 def database_url(settings: Settings) -> str:
     """DATABASE_URL, or the URL of an embedded server under WALLET_DATA_DIR (started if needed)."""
     return settings.database_url or start_embedded(settings.data_dir)

@@ -191,4 +191,8 @@ def normalize_database_url(url: str, name: str = "DATABASE_URL") -> str:
     parts = urlsplit(url)
     if parts.scheme not in {"postgres", "postgresql"} and not parts.scheme.startswith("postgresql+"):
         raise SettingsError(f"{name} must be a postgresql:// URL, not {parts.scheme}://")
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number from 0 to 65535
+    except ValueError:
+        raise SettingsError(f"{name} names a port that is not a number from 1 to 65535") from None
     return urlunsplit(("postgresql", *parts[1:]))
