@@ -17,7 +17,7 @@ def _chromium() -> str:
         path = shutil.which(name)
         if path:
             return path
-    pytest.skip("Chromium is not installed (Debian: apt-get install chromium; `make test` installs it as root)")
+    pytest.skip("Chromium is not installed (apt-get install chromium; `make test` installs it as root)")
 
 
 def test_the_docs_page_renders_every_operation_with_no_network(api_url: str):
