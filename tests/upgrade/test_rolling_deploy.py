@@ -244,11 +244,13 @@ def test_previous_release_pods_keep_moving_money_through_migrate_a_rollback_and_
             )
             check_ledger(db, balances, "both releases side by side")
 
-            # 4. A rollback: this release's pods go, the previous release's start again.
+            # 4. A rollback: this release's pods go, the previous release's start again, after
+            # its own `wallet migrate` (Argo CD's PreSync of the older revision) re-applied its sql/.
             new_api.stop()
             new_worker.stop()
             old_api.stop()
             old_worker.stop()
+            assert previous_release.migrate(database.owner_url) == []
             old_api.start()
             old_worker.start()
             old_bank.move_money(a, b)
@@ -259,7 +261,9 @@ def test_previous_release_pods_keep_moving_money_through_migrate_a_rollback_and_
             assert worker_id == old_worker.worker_id
             check_ledger(db, balances, "after a rollback")
 
-            # 5. The rollout again; once no previous-release pod runs, `wallet migrate --post`.
+            # 5. The rollout again (its `wallet migrate` brings this release's functions back);
+            # once no previous-release pod runs, `wallet migrate --post`.
+            assert wallet_migrate(database.owner_url).startswith("migrations applied: none"), "roll forward"
             new_api.start()
             new_worker.start()
             old_api.stop()
