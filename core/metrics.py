@@ -1,4 +1,4 @@
-"""Prometheus metric definitions beyond Litestar's per-request ones (README, "Operating it")."""
+"""Prometheus metric definitions beyond Litestar's per-request ones (README, "What to alert on")."""
 
 from __future__ import annotations
 
