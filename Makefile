@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test soak fuzz lint docs format bench lock clean pgbouncer chromium wrk
+.PHONY: install run test soak fuzz lint docs format bench lock clean pgbouncer chromium wrk promtool
 
 install: $(STAMP)
 
@@ -22,7 +22,7 @@ run: install
 	$(BIN)/wallet run --host $(HOST) --port $(PORT)
 
 # pytest exits 5 when it collects no tests; make would report only its own status 2, so say why.
-test: install pgbouncer chromium
+test: install pgbouncer chromium promtool
 	@status=0; $(BIN)/pytest || status=$$?; \
 	if [ "$$status" -eq 5 ]; then \
 		echo "make test: pytest collected no tests (exit 5); that is a failure, not a pass" >&2; \
@@ -43,6 +43,15 @@ chromium:
 		  apt-get install -y -qq chromium >/dev/null 2>&1; } || \
 		echo "chromium not installed: the docs page's browser test will be skipped"
 
+# promtool for the alert rules' checks in tests/deploy (Debian's `prometheus` package ships it:
+# about 20 MB, seconds to install; on a host run by systemd the package also enables its server,
+# `systemctl disable --now prometheus` if you do not want it). Where missing, those checks skip.
+promtool:
+	@command -v promtool >/dev/null || \
+		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		  apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1; } || \
+		echo "promtool not installed: the alert rules' promtool checks will be skipped"
+
 soak: install
 	$(BIN)/pytest -m soak
 
@@ -53,8 +62,9 @@ fuzz: install
 		$(BIN)/pytest tests/api/test_openapi_fuzz.py -k command_line
 
 # Python (ruff), SQL (sqlfluff, configured in .sqlfluff) and the Kubernetes manifests (validated
-# in strict mode by kubernetes-validate, and the hardening asserted, in tests/deploy).
-lint: install
+# in strict mode by kubernetes-validate, and the hardening asserted, in tests/deploy; the alert
+# rules by promtool).
+lint: install promtool
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/sqlfluff lint --disable-progress-bar sql migrations

@@ -4,6 +4,8 @@ The manifests are rendered with kustomize (`kustomize build`, else `kubectl kust
 either, the base is read from the files its kustomization lists, and the overlay is checked by
 its patches alone. Every object is validated against the Kubernetes schemas in strict mode
 (kubernetes-validate ships them), then the hardening a payments service needs is asserted.
+Custom resources (the overlay's PrometheusRule) have no schema there: tests/deploy/test_alerts.py
+checks their shape and runs promtool on the rules.
 """
 
 from __future__ import annotations
@@ -45,6 +47,12 @@ DEFAULT_GRACEFUL_SECONDS = 20  # `wallet serve --graceful-seconds` when not give
 ALLOWED_EGRESS = {("TCP", 5432), ("UDP", 53), ("TCP", 53)}
 COMMON_LABELS = {"app.kubernetes.io/name": "wallet", "app.kubernetes.io/part-of": "payments"}
 COMPONENT = "app.kubernetes.io/component"
+# Objects of CRDs, whose schemas kubernetes-validate does not ship (tests/deploy/test_alerts.py).
+CUSTOM_RESOURCES = {("monitoring.coreos.com/v1", "PrometheusRule")}
+# The workloads of every rendering, and those only the production overlay adds.
+BASE_COMPONENTS = {"api", "worker", "migration", "migration-post"}
+OVERLAY_COMPONENTS = {"verify"}
+VERIFY_TIMEOUT_SECONDS = 900  # `wallet verify --timeout` when not given
 
 
 # Rendering ------------------------------------------------------------------------------------
@@ -102,15 +110,32 @@ def _one(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
 
 
 def _workloads(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [item for item in objects if item["kind"] in {"Deployment", "Job"}]
+    return [item for item in objects if item["kind"] in {"Deployment", "Job", "CronJob"}]
+
+
+def _pod_template(workload: dict[str, Any]) -> dict[str, Any]:
+    """The pod template of a Deployment or a Job, or of the Jobs a CronJob creates."""
+    spec = workload["spec"]
+    if workload["kind"] == "CronJob":
+        spec = spec["jobTemplate"]["spec"]
+    return spec["template"]
 
 
 def _pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
-    return workload["spec"]["template"]["spec"]
+    return _pod_template(workload)["spec"]
 
 
 def _pod_labels(workload: dict[str, Any]) -> dict[str, str]:
-    return workload["spec"]["template"]["metadata"]["labels"]
+    return _pod_template(workload)["metadata"]["labels"]
+
+
+def _autoscaled(objects: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    """(kind, name) of every object a HorizontalPodAutoscaler scales."""
+    return {
+        (item["spec"]["scaleTargetRef"]["kind"], item["spec"]["scaleTargetRef"]["name"])
+        for item in objects
+        if item["kind"] == "HorizontalPodAutoscaler"
+    }
 
 
 def _containers(workload: dict[str, Any]) -> list[dict[str, Any]]:
@@ -175,6 +200,8 @@ def _bytes(quantity: str) -> float:
 def test_every_manifest_is_valid_kubernetes_in_strict_mode(manifests, version):
     errors = []
     for item in [*manifests, *_load_yaml(SECRET_EXAMPLE)]:
+        if (item["apiVersion"], item["kind"]) in CUSTOM_RESOURCES:
+            continue
         try:
             kubernetes_validate.validate(item, version, strict=True)
         except kubernetes_validate.ValidationError as error:
@@ -192,17 +219,28 @@ def test_strict_validation_rejects_a_misspelled_field():
         kubernetes_validate.validate(deployment, KUBERNETES_VERSIONS[0], strict=True)
 
 
-# Every pod: API, worker, migration jobs ---------------------------------------------------------
+def test_only_the_listed_custom_resources_skip_strict_validation(manifests):
+    """The skip above is for kinds kubernetes-validate has no schema of, named exactly: a
+    built-in kind under a misspelled apiVersion is still an error."""
+    for item in manifests:
+        if (item["apiVersion"], item["kind"]) in CUSTOM_RESOURCES:
+            with pytest.raises(kubernetes_validate.SchemaNotFoundError):
+                kubernetes_validate.validate(item, KUBERNETES_VERSIONS[-1], strict=True)
+    deployment = copy.deepcopy(_one(list(_render(BASE)), "Deployment", "wallet-api"))
+    deployment["apiVersion"] = "app/v1"
+    assert (deployment["apiVersion"], deployment["kind"]) not in CUSTOM_RESOURCES
+    with pytest.raises(kubernetes_validate.SchemaNotFoundError):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSIONS[0], strict=True)
+
+
+# Every pod: API, worker, migration jobs, the nightly check ----------------------------------------
 
 
 def test_the_workloads_run_one_image(manifests):
     workloads = _workloads(manifests)
-    assert sorted(_pod_labels(item).get(COMPONENT) for item in workloads) == [
-        "api",
-        "migration",
-        "migration-post",
-        "worker",
-    ]
+    components = [_pod_labels(item).get(COMPONENT) for item in workloads]
+    assert len(components) == len(set(components)), components
+    assert BASE_COMPONENTS <= set(components) <= BASE_COMPONENTS | OVERLAY_COMPONENTS, components
     images = {container["image"] for item in workloads for container in _containers(item)}
     assert len(images) == 1, images
     assert all(not image.endswith(":latest") and ":" in image for image in images), images
@@ -281,10 +319,27 @@ def test_every_object_carries_the_common_labels(manifests):
 def test_api_runs_at_least_two_replicas(manifests):
     api = _component(manifests, "api")
     autoscaler = _one(manifests, "HorizontalPodAutoscaler", api["metadata"]["name"])
-    assert api["spec"]["replicas"] >= 2
     assert autoscaler["spec"]["minReplicas"] >= 2
-    assert autoscaler["spec"]["minReplicas"] <= api["spec"]["replicas"] <= autoscaler["spec"]["maxReplicas"]
     assert api["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+
+def test_no_autoscaled_deployment_sets_replicas(manifests):
+    """The HPA owns the count: a `replicas` in the manifest would reset it on every apply."""
+    autoscaled = _autoscaled(manifests)
+    assert ("Deployment", _component(manifests, "api")["metadata"]["name"]) in autoscaled
+    for item in manifests:
+        if item["kind"] == "Deployment":
+            name = item["metadata"]["name"]
+            assert ("replicas" in item["spec"]) == (("Deployment", name) not in autoscaled), name
+
+
+def test_no_overlay_patch_sets_replicas_of_an_autoscaled_deployment():
+    """Checked on the patch files too, where no kustomize renders the overlay."""
+    autoscaled = _autoscaled(_resources_from_files(BASE))
+    for entry in _kustomization(OVERLAY)["patches"]:
+        for patch in _load_yaml(OVERLAY / entry["path"]):
+            if (patch["kind"], patch["metadata"]["name"]) in autoscaled:
+                assert "replicas" not in patch.get("spec", {}), entry["path"]
 
 
 def test_api_serves_on_all_interfaces_port_8000(manifests):
@@ -632,10 +687,70 @@ def test_api_accepts_only_port_8000_from_payments_and_monitoring(manifests):
     assert any(peer.get("namespaceSelector", {}).get("matchLabels") == monitoring for peer in sources)
 
 
-def test_worker_and_migration_accept_no_traffic(manifests):
-    for component in ("worker", "migration", "migration-post"):
-        for policy in _policies_for(manifests, _component(manifests, component)):
+def test_worker_migration_and_verify_accept_no_traffic(manifests):
+    for workload in _workloads(manifests):
+        component = _pod_labels(workload)[COMPONENT]
+        if component == "api":
+            continue
+        for policy in _policies_for(manifests, workload):
             assert policy["spec"].get("ingress", []) == [], (component, policy["metadata"]["name"])
+
+
+# The production overlay's own objects: its Namespace and the nightly ledger check ----------------
+
+
+def _overlay() -> list[dict[str, Any]]:
+    return copy.deepcopy(list(_render(OVERLAY)))
+
+
+def test_overlay_creates_its_namespace_under_pod_security_restricted():
+    objects = _overlay()
+    namespace = _kustomization(OVERLAY)["namespace"]
+    (created,) = [item for item in objects if item["kind"] == "Namespace"]
+    assert created["metadata"]["name"] == namespace
+    labels = created["metadata"]["labels"]
+    for mode in ("enforce", "audit", "warn"):
+        assert labels[f"pod-security.kubernetes.io/{mode}"] == "restricted", mode
+    for item in objects:
+        if item["kind"] != "Namespace":
+            assert item["metadata"]["namespace"] == namespace, (item["kind"], item["metadata"]["name"])
+
+
+def test_overlay_runs_wallet_verify_with_a_checkpoint_nightly_as_the_auditor():
+    verify = _component(_overlay(), "verify")
+    assert verify["kind"] == "CronJob"
+    spec = verify["spec"]
+    minute, hour, day, month, weekday = spec["schedule"].split()
+    assert minute.isdigit() and hour.isdigit() and (day, month, weekday) == ("*", "*", "*"), spec["schedule"]
+    assert spec["timeZone"]
+    assert spec["concurrencyPolicy"] == "Forbid"
+    assert spec.get("suspend", False) is False
+    assert spec["startingDeadlineSeconds"] > 0
+    (container,) = _pod_spec(verify)["containers"]
+    args = container["args"]
+    assert args[:2] == ["verify", "--checkpoint"]
+    assert "--since" not in args and "--against" not in args, "the nightly check covers the whole ledger"
+    (database,) = [variable for variable in container["env"] if variable["name"] == "DATABASE_URL"]
+    assert database["valueFrom"]["secretKeyRef"] == {"name": SECRET_NAME, "key": "AUDIT_DATABASE_URL"}
+    (example,) = _load_yaml(SECRET_EXAMPLE)
+    assert "//wallet_audit:" in example["stringData"]["AUDIT_DATABASE_URL"]
+
+
+def test_a_failed_verify_job_stays_failed_for_the_alert():
+    """Any exit but 0 (1 a violation, 3 its timeout, 69 no database) fails the Job, which stays
+    for kube-state-metrics (kube_job_failed) to report, without a retry that could only repeat
+    the finding; a pod evicted by a drain is not a failure."""
+    verify = _component(_overlay(), "verify")
+    job = verify["spec"]["jobTemplate"]["spec"]
+    assert _pod_spec(verify)["restartPolicy"] == "Never"
+    assert job["backoffLimit"] == 0
+    disrupted = {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    assert disrupted in job["podFailurePolicy"]["rules"]
+    assert "ttlSecondsAfterFinished" not in job, "a deleted failed Job would end the alert unread"
+    assert verify["spec"]["failedJobsHistoryLimit"] >= 1
+    (container,) = _pod_spec(verify)["containers"]
+    timeout = int(_option(container["args"], "--timeout") or VERIFY_TIMEOUT_SECONDS)
+    assert job["activeDeadlineSeconds"] > timeout, "the command's own timeout (exit 3) comes first"
 
 
 # Base and overlay ---------------------------------------------------------------------------------
@@ -660,9 +775,16 @@ def test_base_renders_with_kustomize_as_its_files_say():
 
 def test_overlay_patches_and_images_target_what_the_base_defines():
     kustomization = _kustomization(OVERLAY)
-    assert kustomization["resources"] == ["../../base"]
+    assert kustomization["resources"][0] == "../../base"
     base = _resources_from_files(BASE)
     defined = {(item["kind"], item["metadata"]["name"]) for item in base}
+    for entry in kustomization["resources"][1:]:
+        # The overlay's own objects: files beside it, none of them a base object again.
+        assert (OVERLAY / entry).is_file(), entry
+        for item in _load_yaml(OVERLAY / entry):
+            assert (item["kind"], item["metadata"]["name"]) not in defined, entry
+    patch_files = {entry["path"] for entry in kustomization["patches"]}
+    assert not patch_files & set(kustomization["resources"])
     assert kustomization["patches"]
     for entry in kustomization["patches"]:
         (patch,) = _load_yaml(OVERLAY / entry["path"])
