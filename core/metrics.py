@@ -16,3 +16,16 @@ POOL_CONNECTIONS = Gauge(
     ["state"],
     multiprocess_mode="livesum",
 )
+
+# Scheduled deposits, as wallet.settlement_stats() sees them; every API process reports the same
+# ledger-wide figures (take max() over processes and pods).
+SETTLEMENT_OVERDUE = Gauge(
+    "wallet_scheduled_deposits_overdue",
+    "Scheduled deposits already due and not settled (should stay near 0)",
+    multiprocess_mode="max",
+)
+SETTLEMENT_QUEUE_DEPTH = Gauge(
+    "wallet_settlement_queue_depth",
+    "Settlement jobs waiting or running",
+    multiprocess_mode="max",
+)

@@ -70,3 +70,37 @@ def test_pool_gauges_sum_the_pools_of_every_process(database_url):
     assert sample(text, 'wallet_db_pool_connections{state="max"}') == 14
     assert sample(text, 'wallet_db_pool_connections{state="in_use"}') == 0
     assert sample(text, 'wallet_db_pool_connections{state="idle"}') == 4
+
+
+async def test_the_settlement_gauges_report_overdue_scheduled_deposits(db, database_url):
+    """No worker runs here: a scheduled deposit that falls due stays overdue, and the API's
+    reporter exports it (the WalletSettlementOverdue alert reads this gauge)."""
+    import asyncio
+    import contextlib
+    from datetime import UTC, datetime, timedelta
+
+    from prometheus_client import REGISTRY
+
+    from api.lifespan import report_settlement
+    from core.database import create_pool
+    from core.metrics import SETTLEMENT_OVERDUE
+    from core.settings import load_settings
+    from tests.support.ledger import deposit_at, new_wallet, wait_until_due
+
+    wallet = new_wallet(db)
+    scheduled = deposit_at(db, wallet, 5_000, datetime.now(UTC) + timedelta(seconds=1.2))
+    wait_until_due(db, scheduled["id"])
+    SETTLEMENT_OVERDUE.set(-1)
+    async with create_pool(load_settings({}), database_url, min_size=1, max_size=1) as pool:
+        reporter = asyncio.create_task(report_settlement(pool))
+        try:
+            for _ in range(200):
+                if REGISTRY.get_sample_value("wallet_scheduled_deposits_overdue") >= 0:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            reporter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reporter
+    assert REGISTRY.get_sample_value("wallet_scheduled_deposits_overdue") == 1
+    assert REGISTRY.get_sample_value("wallet_settlement_queue_depth") == 1  # its settlement job waits

@@ -42,6 +42,7 @@ EXPECTED_METRICS = {
     "wallet_request_duration_seconds_bucket",
     "wallet_db_pool_connections",
     "wallet_money_movements_total",
+    "wallet_scheduled_deposits_overdue",
     *KUBE_STATE_METRICS,
 }
 # The README's alert table names these (the request metrics without the _bucket suffix).
@@ -50,6 +51,7 @@ README_METRICS = {
     "wallet_request_duration_seconds",
     "wallet_db_pool_connections",
     "wallet_money_movements_total",
+    "wallet_scheduled_deposits_overdue",
 }
 RULE_KEYS = {"alert", "expr", "for", "keep_firing_for", "labels", "annotations"}
 SEVERITIES = {"critical", "warning"}
@@ -397,6 +399,25 @@ UNIT_TESTS = [
             {"series": f'wallet_db_pool_connections{{{W}, state="max"}}', "values": "10x10"},
         ],
         7,
+        [],
+    ),
+    # Overdue for 5 minutes on one pod's view (another pod reports 0): fires; overdue for 3: quiet.
+    (
+        "WalletSettlementOverdue",
+        [
+            {"series": f"wallet_scheduled_deposits_overdue{{{W}}}", "values": "0x3 4x10"},
+            {
+                "series": 'wallet_scheduled_deposits_overdue{namespace="wallet", pod="wallet-api-2"}',
+                "values": "0x13",
+            },
+        ],
+        10,
+        [{"severity": "critical", "namespace": "wallet"}],
+    ),
+    (
+        "WalletSettlementOverdue",
+        [{"series": f"wallet_scheduled_deposits_overdue{{{W}}}", "values": "0x8 2x3 0x5"}],
+        11,
         [],
     ),
     # A pod's first error: the series appears at minute 10 already at 1.
