@@ -3,9 +3,9 @@ one folder share: tokens, a `wallet serve` of the test's own, `wallet worker` pr
 
 Where the server comes from, in order: WALLET_TEST_DATABASE_URL; else a testcontainers
 PostgreSQL when a Docker engine answers; else an embedded PostgreSQL (pgserver) in a
-temporary folder. One database is migrated once per session as a template, and every
-test gets its own clone of it (CREATE DATABASE ... TEMPLATE), so tests are isolated and
-fast.
+temporary folder. One database is migrated once per session as a template, and a test that
+asks for `database_url` or `db` gets its own clone of it (CREATE DATABASE ... TEMPLATE), so
+tests are isolated and fast; the API tests mostly share one server on one clone.
 
 The template is migrated as production should be: sql/bootstrap/roles.sql run by the
 superuser, then `wallet migrate` connected as wallet_owner, a login that is neither
