@@ -393,7 +393,13 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "verifies_tokens", False):
             settings.jwt_verification_key  # noqa: B018 - a missing key is named before anything starts
         if getattr(args, "uses_database", False) and settings.database_url is not None:
-            check_reachable(settings.database_url)  # one line naming it, not a traceback later
+            try:
+                check_reachable(settings.database_url)  # one line naming it, not a traceback later
+            except DatabaseUnreachable as error:
+                if not (args.handler is cmd_serve and settings.pool_min_size == 0):
+                    raise
+                # An API that opens no connection at start-up serves 503 until the database answers.
+                print(f"wallet: {error}; serving 503 unavailable until it answers", file=sys.stderr)
         try:
             return args.handler(args, settings)
         except (OSError, psycopg.OperationalError, asyncpg.PostgresConnectionError) as error:

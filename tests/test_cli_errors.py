@@ -8,9 +8,11 @@ import socket
 import subprocess
 import sys
 
+import httpx
 import pytest
 
 from core.database import with_user
+from tests.support.processes import running_server
 from tests.support.tokens import JWT_SECRET
 
 UNREACHABLE = "postgresql://shop:s3cret-pw@127.0.0.1:1/wallet"
@@ -47,6 +49,16 @@ def test_an_unreachable_database_is_one_line_naming_the_setting_and_host(command
     assert done.returncode == EXIT_UNREACHABLE
     line = _one_line(done)
     assert "DATABASE_URL" in line and "host 127.0.0.1, port 1" in line
+
+
+def test_serve_with_no_connection_at_start_up_warns_in_one_line_and_serves(tmp_path):
+    """WALLET_POOL_MIN_SIZE=0: the API starts without the database and answers 503 until it
+    answers (tests/api/test_database_unreachable.py); the start says why in one line."""
+    log = tmp_path / "serve.log"
+    with running_server(UNREACHABLE, probe="/healthz", WALLET_POOL_MIN_SIZE="0", log_path=log) as base:
+        assert httpx.get(f"{base}/readyz").status_code == 503
+    assert "serving 503 unavailable until it answers" in log.read_text()
+    assert "s3cret-pw" not in log.read_text()
 
 
 def test_a_login_the_server_refuses_is_the_same_one_line(postgres_url):
