@@ -57,9 +57,9 @@ ERRORS: tuple[ErrorCode, ...] = (
         code="not_found",
         status=404,
         title="Not found",
-        meaning="the wallet or transaction does not exist or belongs to another owner, or no such route",
+        meaning="the wallet, transaction or hold does not exist or belongs to another owner, or no such route",
         sqlstate="WN404",
-        raised_when="the wallet or transaction does not exist, or belongs to another owner",
+        raised_when="the wallet, transaction or hold does not exist, or belongs to another owner",
     ),
     ErrorCode(
         code="method_not_allowed",
@@ -71,18 +71,19 @@ ERRORS: tuple[ErrorCode, ...] = (
         code="wallet_not_active",
         status=409,
         title="The wallet is not active",
-        meaning="a wallet the operation moves money in or out of is frozen or closed, or a closed "
-        "wallet is frozen or unfrozen",
+        meaning="a wallet the operation moves money in or out of (or places a hold on, or captures a hold "
+        "from or to) is frozen or closed, or a closed wallet is frozen or unfrozen",
         sqlstate="WS409",
-        raised_when="a wallet in the movement is frozen or closed; or a closed wallet is frozen/unfrozen",
+        raised_when="a wallet in the movement, hold or capture is frozen or closed; or a closed wallet is "
+        "frozen/unfrozen",
     ),
     ErrorCode(
         code="wallet_not_empty",
         status=409,
         title="The wallet is not empty",
-        meaning="the wallet to close still has a balance or pending deposits",
+        meaning="the wallet to close still has a balance, pending deposits or money held by active holds",
         sqlstate="WE409",
-        raised_when="closing a wallet that still has a balance or pending deposits",
+        raised_when="closing a wallet that still has a balance, pending deposits or held money",
     ),
     ErrorCode(
         code="transaction_not_cancelable",
@@ -92,6 +93,15 @@ ERRORS: tuple[ErrorCode, ...] = (
         "was canceled)",
         sqlstate="WC409",
         raised_when="canceling a transaction that is not a scheduled deposit (any more)",
+    ),
+    ErrorCode(
+        code="hold_not_active",
+        status=409,
+        title="The hold is not active",
+        meaning="the hold was captured in full, voided or expired: it reserves nothing any more; nothing "
+        "moved",
+        sqlstate="WH409",
+        raised_when="capturing or voiding a hold that is captured, voided or expired",
     ),
     ErrorCode(
         code="idempotency_key_reused",
@@ -112,10 +122,20 @@ ERRORS: tuple[ErrorCode, ...] = (
         code="insufficient_funds",
         status=422,
         title="Insufficient funds",
-        meaning="the withdrawal or transfer, with its fee, would take the wallet's `available` below zero; "
-        "nothing moved",
+        meaning="the withdrawal or transfer, with its fee, would take the wallet's `available` below zero, "
+        "a hold asks for more than `available`, or a capture's fee is more than `available` (the fee is "
+        "never paid from the hold); nothing moved",
         sqlstate="WF422",
-        raised_when="a withdrawal or transfer would take `available` below zero",
+        raised_when="a withdrawal or transfer would take `available` (balance - held) below zero; a hold "
+        "asks for more than `available`; a capture's fee is more than `available` before the capture",
+    ),
+    ErrorCode(
+        code="amount_exceeds_hold",
+        status=422,
+        title="The amount exceeds what the hold reserves",
+        meaning="the capture's amount is more than the hold's `remaining`; nothing moved",
+        sqlstate="WA422",
+        raised_when="capturing more than a hold's remaining",
     ),
     ErrorCode(
         code="currency_mismatch",
