@@ -14,6 +14,7 @@ from api.commission import CommissionController
 from api.dependencies import provide_caller, provide_write
 from api.docs import docs_assets, docs_page
 from api.errors import EXCEPTION_HANDLERS, problem
+from api.holds import HoldController
 from api.lifespan import database_lifespan
 from api.movements import MovementController
 from api.probes import healthz, readyz
@@ -29,21 +30,24 @@ API_CONTROLLERS = [
     WalletController,
     MovementController,
     TransactionController,
+    HoldController,
     CommissionController,
     LedgerController,
 ]
 
 
 API_DESCRIPTION = """Merchant wallets in IRR: deposits (instant or scheduled), withdrawals, transfers,
-history and commission. Amounts are JSON integers of rials, 1 to 10^15; never strings or floats.
+holds (reserve money, then capture it in parts or void it), history and commission. Amounts are
+JSON integers of rials, 1 to 10^15; never strings or floats.
 
 **Authentication.** Every `/v1` operation needs `Authorization: Bearer <JWT>`, signed with the
 service's key (HS256 by default). The token carries `sub` (who calls), `exp`, and `scope`: the
 space-separated scopes it grants (`wallets:read`, `wallets:create`, `wallets:admin`,
-`deposits:write`, `withdrawals:write`, `transfers:write`, `commissions:read`,
+`deposits:write`, `withdrawals:write`, `transfers:write`, `holds:write`, `commissions:read`,
 `commissions:write`, `ledger:audit`); each operation names the one it needs. A token with an
-`owner_id` claim acts only on that owner's wallets (another owner's wallet is 404; it may still
-transfer *to* any wallet); a token without one is a service token.
+`owner_id` claim acts only on that owner's wallets and their holds (another owner's wallet or
+hold is 404; it may still transfer, or capture a hold, *to* any wallet); a token without one is a
+service token.
 
 **Idempotency.** Every POST takes an `Idempotency-Key` (1 to 255 printable ASCII characters),
 scoped to the token's `sub`: a retry with the same key and request returns the first response

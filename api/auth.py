@@ -25,6 +25,7 @@ SCOPES = (
     "deposits:write",
     "withdrawals:write",
     "transfers:write",
+    "holds:write",
     "commissions:read",
     "commissions:write",
     "ledger:audit",

@@ -10,7 +10,13 @@ from api.dependencies import Write
 from api.errors import problem_responses
 from api.examples import created_transaction
 from api.responses import created
-from api.schemas import DepositRequest, Transaction, TransferRequest, WithdrawalRequest, from_record
+from api.schemas import (
+    DepositRequest,
+    Transaction,
+    TransferRequest,
+    WithdrawalRequest,
+    transaction_from_record,
+)
 from api.scopes import requires
 from core import ledger
 
@@ -39,7 +45,7 @@ class MovementController(Controller):
         record = await ledger.deposit(
             write.pool, write.actor, wallet_id, data.amount, data.reference, data.metadata, data.available_at
         )
-        return created(from_record(Transaction, record), record, f"/v1/transactions/{record['id']}")
+        return created(transaction_from_record(record), record, f"/v1/transactions/{record['id']}")
 
     @post(
         "/wallets/{wallet_id:str}/withdrawals",
@@ -58,7 +64,7 @@ class MovementController(Controller):
         record = await ledger.withdraw(
             write.pool, write.actor, wallet_id, data.amount, data.reference, data.metadata
         )
-        return created(from_record(Transaction, record), record, f"/v1/transactions/{record['id']}")
+        return created(transaction_from_record(record), record, f"/v1/transactions/{record['id']}")
 
     @post(
         "/transfers",
@@ -89,4 +95,4 @@ class MovementController(Controller):
             data.reference,
             data.metadata,
         )
-        return created(from_record(Transaction, record), record, f"/v1/transactions/{record['id']}")
+        return created(transaction_from_record(record), record, f"/v1/transactions/{record['id']}")

@@ -39,6 +39,15 @@ AvailableAt = Annotated[
         "in the years 1 to 9999.",
     ),
 ]
+ExpiresAt = Annotated[
+    datetime,
+    Meta(
+        tz=True,
+        description="RFC 3339 with an offset, in the future and at most 366 days ahead: the hold "
+        "expires then and its remaining amount is released. Without it, the hold expires 7 days after "
+        "it is placed.",
+    ),
+]
 Fee = Annotated[int, Meta(ge=0, le=MAX_FEE_SETTING)]
 Operation = Literal["deposit", "withdrawal", "transfer"]
 StructT = TypeVar("StructT", bound=Struct)
@@ -79,6 +88,31 @@ class TransferRequest(Request):
     metadata: Metadata = {}
 
 
+class PlaceHoldRequest(Request):
+    amount: Amount
+    expires_at: ExpiresAt | None = None
+    reference: Reference | None = None
+    metadata: Metadata = {}
+
+    def __post_init__(self) -> None:
+        if self.expires_at is not None and not is_utc_instant(self.expires_at):
+            raise ValueError("expires_at must be a UTC instant in the years 1 to 9999")  # msgspec: 400
+
+
+class CaptureHoldRequest(Request):
+    amount: Annotated[
+        Amount | None,
+        Meta(description="Rials to capture, at most the hold's remaining amount; without it, all of it"),
+    ] = None
+    to_wallet_id: Annotated[
+        UUID | None,
+        Meta(description="A wallet (of any owner) that receives the amount; without it, the money leaves"),
+    ] = None
+    final: Annotated[
+        bool, Meta(description="Close the hold after this capture, releasing what remains of it")
+    ] = False
+
+
 class CommissionRuleRequest(Request):
     rate_bps: Annotated[int, Meta(ge=0, le=10000, description="Basis points of the amount")]
     fixed: Fee
@@ -93,7 +127,8 @@ class Wallet(Struct, frozen=True):
     currency: str
     status: Literal["active", "frozen", "closed"]
     balance: int
-    available: int
+    held: Annotated[int, Meta(description="Reserved by active holds: part of the balance, not spendable")]
+    available: Annotated[int, Meta(description="balance - held: what can be spent now")]
     pending: int
     created_at: datetime
     updated_at: datetime
@@ -116,6 +151,21 @@ class Transaction(Struct, frozen=True):
     created_at: datetime
     posted_at: datetime | None
     failure_reason: str | None
+    hold_id: Annotated[UUID | None, Meta(description="The hold a capture drew on; null otherwise")]
+
+
+class Hold(Struct, frozen=True):
+    id: UUID
+    wallet_id: UUID
+    status: Literal["active", "captured", "voided", "expired"]
+    amount: Annotated[int, Meta(description="Rials reserved when the hold was placed")]
+    captured_amount: Annotated[int, Meta(description="Rials captured so far")]
+    remaining: Annotated[int, Meta(description="Rials still reserved (0 once the hold is closed)")]
+    reference: str | None
+    metadata: dict[str, Any]
+    expires_at: datetime
+    created_at: datetime
+    closed_at: Annotated[datetime | None, Meta(description="When it was captured in full, voided or expired")]
 
 
 class HistoryItem(Struct, frozen=True):
@@ -149,6 +199,11 @@ class HistoryPage(Struct, frozen=True):
     next_cursor: str | None
 
 
+class HoldPage(Struct, frozen=True):
+    items: list[Hold]
+    next_cursor: str | None
+
+
 class CommissionRules(Struct, frozen=True):
     items: list[CommissionRule]
 
@@ -178,6 +233,21 @@ def is_utc_instant(moment: datetime) -> bool:
 def from_record(struct: type[StructT], record: Any) -> StructT:
     """A response Struct from a database row, taking the Struct's fields by name."""
     return struct(**{field: record[field] for field in struct.__struct_fields__})
+
+
+def wallet_from_record(record: Any) -> Wallet:
+    """A Wallet from a wallet.wallet_result, which has no `held` (the previous release builds
+    that type positionally, so it gains no attribute): held is balance - available."""
+    fields = {field: record[field] for field in Wallet.__struct_fields__ if field != "held"}
+    return Wallet(**fields, held=record["balance"] - record["available"])
+
+
+def transaction_from_record(record: Any) -> Transaction:
+    """A Transaction from a wallet.transaction_result (deposits, withdrawals, transfers and
+    cancels: none draws on a hold) or a wallet.transaction_result_v2 (captures and reads), which
+    has hold_id."""
+    fields = {field: record[field] for field in Transaction.__struct_fields__ if field != "hold_id"}
+    return Transaction(**fields, hold_id=record.get("hold_id"))
 
 
 class RequestSchemaPlugin(OpenAPISchemaPlugin):

@@ -9,7 +9,7 @@ from litestar import Controller, Response, get, post
 from api.dependencies import Caller, Write
 from api.errors import problem_responses
 from api.responses import ok
-from api.schemas import Transaction, from_record
+from api.schemas import Transaction, transaction_from_record
 from api.scopes import requires
 from core import ledger
 
@@ -29,7 +29,7 @@ class TransactionController(Controller):
         """A transaction by id, with its status (scheduled, posted, canceled or failed, with
         `failure_reason`); either side of a transfer may read it. Reads lock nothing."""
         record = await ledger.get_transaction(caller.pool, caller.owner_id, transaction_id)
-        return from_record(Transaction, record)
+        return transaction_from_record(record)
 
     @post(
         "/{transaction_id:str}/cancel",
@@ -44,4 +44,4 @@ class TransactionController(Controller):
         row, then the wallet (the order settlement uses), so a cancel racing the settlement ends in exactly
         one outcome. Idempotent with `Idempotency-Key`."""
         record = await ledger.cancel_deposit(write.pool, write.actor, transaction_id)
-        return ok(from_record(Transaction, record), record)
+        return ok(transaction_from_record(record), record)

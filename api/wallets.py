@@ -22,6 +22,7 @@ from api.schemas import (
     Wallet,
     WalletPage,
     from_record,
+    wallet_from_record,
 )
 from api.scopes import requires
 from core import ledger
@@ -69,7 +70,7 @@ class WalletController(Controller):
         record = await ledger.open_wallet(
             write.pool, write.actor, data.owner_id, data.currency, data.metadata
         )
-        return created(from_record(Wallet, record), record, f"/v1/wallets/{record['id']}")
+        return created(wallet_from_record(record), record, f"/v1/wallets/{record['id']}")
 
     @get(
         "/{wallet_id:str}",
@@ -82,7 +83,7 @@ class WalletController(Controller):
         """A wallet's balance (posted money), `available` (what can be spent now) and `pending` (scheduled
         deposits not yet settled). Reads lock nothing. Another owner's wallet is 404, never 200."""
         record = await ledger.get_wallet(caller.pool, caller.owner_id, wallet_id)
-        return from_record(Wallet, record)
+        return wallet_from_record(record)
 
     @get(
         "/",
@@ -105,7 +106,7 @@ class WalletController(Controller):
                 return WalletPage(items=[], next_cursor=None)
             owner_id = caller.owner_id
         records = await ledger.list_wallets(caller.pool, owner_id, limit + 1, decode_cursor(cursor, UUID))
-        items = [from_record(Wallet, record) for record in records[:limit]]
+        items = [wallet_from_record(record) for record in records[:limit]]
         next_cursor = encode_cursor(items[-1].id) if len(records) > limit else None
         return WalletPage(items=items, next_cursor=next_cursor)
 
@@ -121,7 +122,7 @@ class WalletController(Controller):
         """No money moves in or out of a frozen wallet until it is unfrozen; scheduled deposits wait (and
         are retried) until then. Locks the wallet row; idempotent with `Idempotency-Key`."""
         record = await ledger.change_wallet_status(write.pool, write.actor, "freeze", wallet_id)
-        return ok(from_record(Wallet, record), record)
+        return ok(wallet_from_record(record), record)
 
     @post(
         "/{wallet_id:str}/unfreeze",
@@ -134,7 +135,7 @@ class WalletController(Controller):
     async def unfreeze(self, wallet_id: UUID, write: Write) -> Response[Wallet]:
         """Money moves again. Locks the wallet row; idempotent with `Idempotency-Key`."""
         record = await ledger.change_wallet_status(write.pool, write.actor, "unfreeze", wallet_id)
-        return ok(from_record(Wallet, record), record)
+        return ok(wallet_from_record(record), record)
 
     @post(
         "/{wallet_id:str}/close",
@@ -148,7 +149,7 @@ class WalletController(Controller):
         """Close an empty wallet (balance and pending both 0), for good: a closed wallet takes no money and
         cannot be reopened. Locks the wallet row; idempotent with `Idempotency-Key`."""
         record = await ledger.change_wallet_status(write.pool, write.actor, "close", wallet_id)
-        return ok(from_record(Wallet, record), record)
+        return ok(wallet_from_record(record), record)
 
     @get(
         "/{wallet_id:str}/transactions",

@@ -177,8 +177,9 @@ async def cancel_deposit(database: Database, actor: Actor, transaction_id: UUID)
 async def get_transaction(
     database: Database, acting_owner: str | None, transaction_id: UUID
 ) -> asyncpg.Record:
+    """wallet.get_transaction_v2: the transaction with the hold a capture drew on (hold_id)."""
     return await database.fetchrow(
-        "SELECT * FROM wallet.get_transaction($1, $2)", acting_owner, transaction_id
+        "SELECT * FROM wallet.get_transaction_v2($1, $2)", acting_owner, transaction_id
     )
 
 
@@ -196,6 +197,84 @@ async def _movement(kind: str, database: Database, query: str, *arguments: Any) 
         raise
     MOVEMENTS.labels(kind, "replayed" if record["replayed"] else record["status"]).inc()
     return record
+
+
+# Holds: money reserved in a wallet (held, not available), then captured in parts or voided.
+
+
+async def place_hold(
+    database: Database,
+    actor: Actor,
+    wallet_id: UUID,
+    amount: int,
+    expires_at: datetime | None,
+    reference: str | None,
+    metadata: Metadata,
+) -> asyncpg.Record:
+    return await _movement(
+        "hold",
+        database,
+        "SELECT * FROM wallet.place_hold($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        *actor.arguments,
+        wallet_id,
+        amount,
+        expires_at,
+        reference,
+        metadata,
+    )
+
+
+async def capture_hold(
+    database: Database,
+    actor: Actor,
+    hold_id: UUID,
+    amount: int | None,
+    to_wallet_id: UUID | None,
+    final: bool,
+) -> asyncpg.Record:
+    """A withdrawal (or, with to_wallet_id, a transfer) drawn on the hold; its transaction."""
+    return await _movement(
+        "capture",
+        database,
+        "SELECT * FROM wallet.capture_hold($1, $2, $3, $4, $5, $6, $7, $8)",
+        *actor.arguments,
+        hold_id,
+        amount,
+        to_wallet_id,
+        final,
+    )
+
+
+async def void_hold(database: Database, actor: Actor, hold_id: UUID) -> asyncpg.Record:
+    return await _movement(
+        "void", database, "SELECT * FROM wallet.void_hold($1, $2, $3, $4, $5)", *actor.arguments, hold_id
+    )
+
+
+async def get_hold(database: Database, acting_owner: str | None, hold_id: UUID) -> asyncpg.Record:
+    return await database.fetchrow("SELECT * FROM wallet.get_hold($1, $2)", acting_owner, hold_id)
+
+
+HoldStatus = Literal["active", "captured", "voided", "expired"]
+
+
+async def list_holds(
+    database: Database,
+    acting_owner: str | None,
+    wallet_id: UUID,
+    status: HoldStatus | None,
+    limit: int,
+    before_id: UUID | None,
+) -> list[asyncpg.Record]:
+    """A wallet's holds, newest first, from before before_id on."""
+    return await database.fetch(
+        "SELECT * FROM wallet.list_holds($1, $2, $3, $4, $5)",
+        acting_owner,
+        wallet_id,
+        status,
+        limit,
+        before_id,
+    )
 
 
 # Commission rules.

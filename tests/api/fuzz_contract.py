@@ -7,7 +7,8 @@ bounds, patterns, formats), but a few rules of SPEC cannot be written in it:
 - an integer is a JSON integer (SPEC 1): under JSON Schema 2020-12, which OpenAPI 3.1 uses,
   `10.0` *is* the integer 10, and schemathesis sends it as one;
 - a date-time's UTC value lies in the years 1 to 9999 (`9999-12-31T23:59:59-14:00` does not);
-- `available_at` is at most 366 days ahead (SPEC 5);
+- `available_at` is at most 366 days ahead (SPEC 5); a hold's `expires_at` is in the future and
+  at most 366 days ahead (issue 12);
 - `since` is not after `until`;
 - a rule's `min_fee` is not above its `max_fee`;
 - `metadata` is at most 4096 bytes of JSON, as PostgreSQL prints jsonb.
@@ -48,6 +49,12 @@ def broken_rule(case: Any) -> str | None:
             return "available_at leaves the years 1 to 9999 in UTC"
         if moment > datetime.now(UTC) + MAX_SCHEDULE_AHEAD:
             return "available_at is more than 366 days ahead"
+    if isinstance(body.get("expires_at"), str):
+        moment = _utc_instant(body["expires_at"])
+        if moment is None:
+            return "expires_at leaves the years 1 to 9999 in UTC"
+        if not datetime.now(UTC) < moment <= datetime.now(UTC) + MAX_SCHEDULE_AHEAD:
+            return "expires_at is not in the future, or more than 366 days ahead"
     bounds = {name: _utc_instant(value) for name, value in query.items() if name in ("since", "until")}
     if any(moment is None for moment in bounds.values()):
         return "since or until leaves the years 1 to 9999 in UTC"

@@ -19,6 +19,7 @@ WALLET_FIELDS = {
     "currency",
     "status",
     "balance",
+    "held",
     "available",
     "pending",
     "created_at",
@@ -40,6 +41,7 @@ TRANSACTION_FIELDS = {
     "created_at",
     "posted_at",
     "failure_reason",
+    "hold_id",
 }
 HISTORY_ITEM_FIELDS = {
     "transaction_id",
@@ -52,8 +54,8 @@ HISTORY_ITEM_FIELDS = {
     "reference",
 }
 PAGE_FIELDS = {"items", "next_cursor"}
-# Every /v1 resource (SPEC 4) and the methods it has; {wallet}, {transaction} and {operation}
-# stand for its path parameters.
+# Every /v1 resource (SPEC 4, and issue 12's holds) and the methods it has; {wallet},
+# {transaction}, {hold} and {operation} stand for its path parameters.
 V1_RESOURCES = {
     "/v1/wallets": {"GET", "POST"},
     "/v1/wallets/{wallet}": {"GET"},
@@ -63,6 +65,10 @@ V1_RESOURCES = {
     "/v1/wallets/{wallet}/deposits": {"POST"},
     "/v1/wallets/{wallet}/withdrawals": {"POST"},
     "/v1/wallets/{wallet}/transactions": {"GET"},
+    "/v1/wallets/{wallet}/holds": {"GET", "POST"},
+    "/v1/holds/{hold}": {"GET"},
+    "/v1/holds/{hold}/capture": {"POST"},
+    "/v1/holds/{hold}/void": {"POST"},
     "/v1/transfers": {"POST"},
     "/v1/transactions/{transaction}": {"GET"},
     "/v1/transactions/{transaction}/cancel": {"POST"},
@@ -150,7 +156,14 @@ def state(http: httpx.Client, wallet_id: str) -> tuple[Any, ...]:
     assert response.status_code == 200, response.text
     wallet = response.json()
     items = history(http, wallet_id, limit=100)["items"]
-    return wallet["balance"], wallet["available"], wallet["pending"], wallet["status"], len(items)
+    return (
+        wallet["balance"],
+        wallet["available"],
+        wallet["pending"],
+        wallet["status"],
+        len(items),
+        wallet["held"],
+    )
 
 
 def wallet_count(http: httpx.Client, owner_id: str) -> int:

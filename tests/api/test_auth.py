@@ -55,6 +55,7 @@ class World:
     transaction_id: str
     new_owner: str
     rule_owner: str
+    hold_id: str = ""
 
 
 @pytest.fixture(scope="module")
@@ -69,15 +70,29 @@ def world(service: httpx.Client) -> World:
     wallet = funded_wallet(service, 10_000, owner_id)
     counterpart = funded_wallet(service, 10_000, owner_id)
     transaction = deposit(service, wallet["id"], 10)
-    return World(wallet["id"], counterpart["id"], transaction["id"], owner_id, unique("rule"))
+    return World(
+        wallet["id"],
+        counterpart["id"],
+        transaction["id"],
+        owner_id,
+        unique("rule"),
+        place_hold(service, wallet),
+    )
+
+
+def place_hold(service: httpx.Client, wallet: dict[str, Any]) -> str:
+    response = service.post(f"/v1/wallets/{wallet['id']}/holds", json={"amount": 10})
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
 
 
 def witness(service: httpx.Client, world: World) -> tuple[Any, ...]:
     """Everything a route of ROUTES could change: the owner's wallets, whole (any write moves
-    updated_at; open_wallet adds one), and the rules of the rule owner."""
+    updated_at; open_wallet adds one), the wallet's holds, and the rules of the rule owner."""
     wallets = service.get("/v1/wallets", params={"owner_id": world.new_owner}).json()["items"]
+    holds = service.get(f"/v1/wallets/{world.wallet_id}/holds").json()["items"]
     rules = service.get("/v1/commission-rules").json()["items"]
-    return wallets, [rule for rule in rules if rule["owner_id"] == world.rule_owner]
+    return wallets, holds, [rule for rule in rules if rule["owner_id"] == world.rule_owner]
 
 
 @dataclass(frozen=True)
@@ -87,7 +102,7 @@ class Route:
     body: Callable[[World], dict[str, Any]] | None = None
 
     def call(self, http: httpx.Client, world: World, headers: dict[str, str] | None = None) -> httpx.Response:
-        path = self.path.format(wallet=world.wallet_id, transaction=world.transaction_id)
+        path = self.path.format(wallet=world.wallet_id, transaction=world.transaction_id, hold=world.hold_id)
         body = self.body(world) if self.body else None
         return http.request(self.method, path, json=body, headers=headers)
 
@@ -108,6 +123,11 @@ ROUTES = {
         lambda world: {"from_wallet_id": world.wallet_id, "to_wallet_id": world.counterpart_id, "amount": 10},
     ),
     "get_transaction": Route("GET", "/v1/transactions/{transaction}"),
+    "place_hold": Route("POST", "/v1/wallets/{wallet}/holds", lambda world: {"amount": 10}),
+    "capture_hold": Route("POST", "/v1/holds/{hold}/capture", lambda world: {"amount": 5}),
+    "void_hold": Route("POST", "/v1/holds/{hold}/void"),
+    "get_hold": Route("GET", "/v1/holds/{hold}"),
+    "list_holds": Route("GET", "/v1/wallets/{wallet}/holds"),
     "list_rules": Route("GET", "/v1/commission-rules"),
     "set_rule": Route(
         "PUT",
@@ -156,6 +176,9 @@ MATRIX_ROUTES = [
     "deposit",
     "transfer",
     "get_transaction",
+    "place_hold",
+    "capture_hold",
+    "get_hold",
     "list_rules",
     "set_rule",
     "verify_ledger",
@@ -280,6 +303,11 @@ SCOPE_ROUTES = [
     ("deposits:write", "deposit"),
     ("withdrawals:write", "withdrawal"),
     ("transfers:write", "transfer"),
+    ("holds:write", "place_hold"),
+    ("holds:write", "capture_hold"),
+    ("holds:write", "void_hold"),
+    ("wallets:read", "get_hold"),
+    ("wallets:read", "list_holds"),
     ("commissions:read", "list_rules"),
     ("commissions:write", "set_rule"),
     ("ledger:audit", "verify_ledger"),
@@ -314,6 +342,7 @@ def test_a_token_with_only_the_routes_scope_is_allowed(api_url, service, token, 
         transaction_id=deposit(service, wallet["id"], 10)["id"],
         new_owner=unique("new"),
         rule_owner=unique("rule"),
+        hold_id=place_hold(service, wallet),
     )
 
     with httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {token(scope)}"}) as http:
@@ -339,6 +368,11 @@ TENANT_ROUTES = [
     "withdrawal",
     "transfer",
     "get_transaction",
+    "place_hold",
+    "capture_hold",
+    "void_hold",
+    "get_hold",
+    "list_holds",
 ]
 
 
@@ -347,8 +381,22 @@ def test_another_owners_wallet_answers_exactly_like_an_unknown_one(api_url, serv
     mine = unique("mine")
     own_wallet = open_wallet(service, mine)
     before = witness(service, world)
-    unknown = World(str(uuid.uuid4()), own_wallet["id"], str(uuid.uuid4()), world.new_owner, world.rule_owner)
-    theirs = World(world.wallet_id, own_wallet["id"], world.transaction_id, world.new_owner, world.rule_owner)
+    unknown = World(
+        str(uuid.uuid4()),
+        own_wallet["id"],
+        str(uuid.uuid4()),
+        world.new_owner,
+        world.rule_owner,
+        str(uuid.uuid4()),
+    )
+    theirs = World(
+        world.wallet_id,
+        own_wallet["id"],
+        world.transaction_id,
+        world.new_owner,
+        world.rule_owner,
+        world.hold_id,
+    )
 
     with httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {token(owner_id=mine)}"}) as owner:
         for route in TENANT_ROUTES:
@@ -357,7 +405,7 @@ def test_another_owners_wallet_answers_exactly_like_an_unknown_one(api_url, serv
             assert bodies[0] == bodies[1], route
 
     assert witness(service, world) == before
-    assert state(service, own_wallet["id"]) == (0, 0, 0, "active", 0)
+    assert state(service, own_wallet["id"]) == (0, 0, 0, "active", 0, 0)
 
 
 def test_an_owner_token_may_transfer_to_another_owners_wallet(api_url, service, token):

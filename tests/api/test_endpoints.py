@@ -605,7 +605,7 @@ def test_deposit_not_above_its_fee_is_422_amount_below_fee(client):
     for amount in (1, 499, 500):
         response = client.post(f"/v1/wallets/{wallet['id']}/deposits", json={"amount": amount})
         assert_problem(response, 422, "amount_below_fee")
-    assert state(client, wallet["id"]) == (0, 0, 0, "active", 0)
+    assert state(client, wallet["id"]) == (0, 0, 0, "active", 0, 0)
 
     accepted = deposit(client, wallet["id"], 501)
     assert accepted["fee"] == 500
@@ -936,6 +936,12 @@ SPEC_PATHS = {
     ("get", "/v1/commission-rules"),
     ("put", "/v1/commission-rules/{operation}"),
     ("get", "/v1/ledger/verify"),
+    # Holds (issue 12).
+    ("post", "/v1/wallets/{wallet_id}/holds"),
+    ("get", "/v1/wallets/{wallet_id}/holds"),
+    ("get", "/v1/holds/{hold_id}"),
+    ("post", "/v1/holds/{hold_id}/capture"),
+    ("post", "/v1/holds/{hold_id}/void"),
     ("get", "/healthz"),
     ("get", "/readyz"),
 }

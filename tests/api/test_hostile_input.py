@@ -122,7 +122,9 @@ def test_options_names_the_methods_of_every_v1_resource(service, wallet, api_url
     """OPTIONS with a valid token gave 500 (the auth guard looked for the scope of Litestar's
     own OPTIONS handler, which has none). It reads nothing, so it needs no token (a CORS
     preflight carries none)."""
-    path = resource.format(wallet=wallet["id"], transaction=wallet["id"], operation="deposit")
+    path = resource.format(
+        wallet=wallet["id"], transaction=wallet["id"], hold=wallet["id"], operation="deposit"
+    )
     headers = service.headers if with_token else {}
 
     with httpx.Client(base_url=api_url, headers=headers, timeout=30) as http:

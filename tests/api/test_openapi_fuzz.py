@@ -84,7 +84,8 @@ class Service:
     bearer_token: str
     # Sets of real ids for path parameters, so generated requests reach the handlers' happy
     # paths and not only 404s: a funded wallet and its posted deposit; a wallet with only a
-    # scheduled deposit, and that deposit; a wallet with nothing (it can be closed).
+    # scheduled deposit, and that deposit; a wallet with nothing (it can be closed). The funded
+    # wallet and the pending one each have an active hold.
     id_sets: tuple[dict[str, str], ...]
 
 
@@ -112,12 +113,16 @@ def service(postgres_url: str, template_database: str, token: TokenFactory) -> I
         posted = created(f"/v1/wallets/{funded}/deposits", {"amount": 10**9})
         tomorrow = (datetime.now(UTC) + timedelta(days=1)).isoformat()
         scheduled = created(f"/v1/wallets/{pending}/deposits", {"amount": 10**6, "available_at": tomorrow})
+        held = created(f"/v1/wallets/{funded}/holds", {"amount": 10**8})
+        # A wallet's pending money cannot be held: this hold is on the funded wallet too, and
+        # stays small so that captures of the generated amounts often fit in it.
+        small = created(f"/v1/wallets/{funded}/holds", {"amount": 1000})
         yield Service(
             base_url=base_url,
             bearer_token=bearer_token,
             id_sets=(
-                {"wallet_id": funded, "transaction_id": posted},
-                {"wallet_id": pending, "transaction_id": scheduled},
+                {"wallet_id": funded, "transaction_id": posted, "hold_id": held},
+                {"wallet_id": pending, "transaction_id": scheduled, "hold_id": small},
                 {"wallet_id": bare},
             ),
         )

@@ -44,7 +44,7 @@ RESOURCES = V1_RESOURCES | {
 
 @pytest.mark.parametrize("resource", sorted(RESOURCES))
 def test_every_405_names_the_methods_of_the_resource_in_allow(service, wallet_id, resource):
-    path = resource.format(wallet=wallet_id, transaction=wallet_id, operation="deposit")
+    path = resource.format(wallet=wallet_id, transaction=wallet_id, hold=wallet_id, operation="deposit")
     for method in OTHER_METHODS:
         if method in RESOURCES[resource]:
             continue
@@ -143,7 +143,8 @@ def test_every_request_body_refuses_unknown_properties(document):
         if "requestBody" in operation
     }
 
-    assert len(bodies) == 5, sorted(bodies)  # open, deposit, withdraw, transfer, rule
+    # open, deposit, withdraw, transfer, rule, place and capture a hold
+    assert len(bodies) == 7, sorted(bodies)
     assert {label: schema.get("additionalProperties") for label, schema in bodies.items()} == dict.fromkeys(
         bodies, False
     )
@@ -154,8 +155,9 @@ def test_every_integer_of_a_request_body_states_its_bounds(document):
     description's to state; the type and the bounds are the schema's."""
     amount = {"type": "integer", "minimum": 1, "maximum": MAX_AMOUNT}
     fee = {"type": "integer", "minimum": 0, "maximum": MAX_FEE_SETTING}
-    for operation_id in ("deposit", "withdraw", "transfer"):
+    for operation_id in ("deposit", "withdraw", "transfer", "placeHold"):
         assert body(document, operation_id)["properties"]["amount"].items() >= amount.items()
+    assert body(document, "captureHold")["properties"]["amount"]["anyOf"][0].items() >= amount.items()
     rule = body(document, "setCommissionRule")["properties"]
     assert rule["rate_bps"].items() >= {"type": "integer", "minimum": 0, "maximum": 10000}.items()
     assert rule["fixed"].items() >= fee.items()
@@ -164,7 +166,10 @@ def test_every_integer_of_a_request_body_states_its_bounds(document):
     assert rule["max_fee"]["anyOf"][1] == {"type": "null"}
 
 
-@pytest.mark.parametrize("operation_id", ["openWallet", "deposit", "withdraw", "transfer", "freezeWallet"])
+@pytest.mark.parametrize(
+    "operation_id",
+    ["openWallet", "deposit", "withdraw", "transfer", "freezeWallet", "placeHold", "captureHold", "voidHold"],
+)
 def test_the_idempotency_key_header_states_the_servers_pattern(document, service, operation_id):
     key = parameter(document, operation_id, "Idempotency-Key")
 
@@ -177,8 +182,10 @@ def test_the_idempotency_key_header_states_the_servers_pattern(document, service
 def test_cursors_and_time_bounds_state_their_shape(document):
     assert parameter(document, "listWallets", "cursor")["pattern"] == r"^[A-Za-z0-9_-]{22}$"
     assert parameter(document, "walletHistory", "cursor")["pattern"] == r"^[A-Za-z0-9_-]{11}$"
+    assert parameter(document, "listHolds", "cursor")["pattern"] == r"^[A-Za-z0-9_-]{22}$"
     for bound in ("since", "until"):
         assert parameter(document, "walletHistory", bound)["format"] == "date-time"
+    assert body(document, "placeHold")["properties"]["expires_at"]["anyOf"][0]["format"] == "date-time"
 
 
 @pytest.mark.parametrize("cursor", ["AAAAAAAAAA+", "AAAAAAAAAAA=", "AAAAAAAAAAAA", "AAAAAAAAAAA\n"])
