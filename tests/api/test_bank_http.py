@@ -4,6 +4,12 @@ Every request carries its own Idempotency-Key and is retried with that same key 
 lost connection or a 503, so a retry can never move money twice. The tests keep a ledger
 of their own from the acknowledged (201) responses and hold the service to it: the ledger
 check, the balances, every wallet's history, every transaction and the database rows.
+
+The bank's clients also place holds, capture them in parts (to the outside world or to another
+wallet, some final) and void them (issue 12): each wallet's `held` must be what its active holds
+still reserve, and each hold must have captured exactly what its acknowledged captures took.
+No worker runs here, so holds keep their default expiry (7 days) and none expires; expiry under
+load is tests/jobs/test_hold_expiry.py's.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ MAX_MOVE = 60_000
 # Deposits stay above the deposit rule's largest fee, so amount_below_fee cannot happen.
 MIN_DEPOSIT = 1_000
 REPLAY_SHARE = 0.1
+# The share of a client's requests that place, capture or void holds.
+HOLD_SHARE = 0.3
 # A request is retried with its own key until it is answered; past this the test fails.
 MAX_ATTEMPTS = 40
 HISTORY_PAGE = 37  # an odd size, so pages break at arbitrary points
@@ -142,6 +150,12 @@ class Bank:
     unexpected: list[str] = field(default_factory=list)
     replays: int = 0
     retries: Retries = field(default_factory=Retries)
+    # Holds as placed, by id (placing order in hold_ids), those not known to be closed, and how
+    # many voids were acknowledged.
+    holds: dict[str, dict[str, Any]] = field(default_factory=dict)
+    hold_ids: list[str] = field(default_factory=list)
+    open_holds: set[str] = field(default_factory=set)
+    voids: int = 0
 
     def acknowledge(self, transaction: dict[str, Any]) -> None:
         known = self.acknowledged.setdefault(transaction["id"], transaction)
@@ -182,9 +196,121 @@ def check_acknowledgement(
     assert {name: transaction[name] for name in wallets} == wallets, (wallets, transaction)
 
 
+def problem_code(response: httpx.Response) -> str | None:
+    if not response.headers.get("content-type", "").startswith("application/problem+json"):
+        return None
+    return response.json().get("code")
+
+
+async def replay_now_and_then(
+    rng: random.Random,
+    clients: list[httpx.AsyncClient],
+    bank: Bank,
+    path: str,
+    body: dict[str, Any] | None,
+    key: str,
+    server: int,
+    first: httpx.Response,
+) -> None:
+    """Now and then, send an acknowledged request again with its key, to the other server: the
+    same answer, marked as a replay."""
+    if rng.random() >= REPLAY_SHARE:
+        return
+    replay = await post_until_answered(clients, path, body, key, bank.retries, server + 1)
+    assert replay.status_code == first.status_code, replay.text
+    assert replay.headers.get("idempotent-replayed") == "true", replay.headers
+    assert replay.json() == first.json(), (first.json(), replay.json())
+    bank.replays += 1
+
+
+# What a hold request may be refused with, for the state other clients left the hold or wallet in.
+HOLD_REFUSALS = {
+    "hold": {(422, "insufficient_funds")},
+    "capture": {(422, "insufficient_funds"), (422, "amount_exceeds_hold"), (409, "hold_not_active")},
+    "void": {(409, "hold_not_active")},
+}
+
+
+async def hold_step(number: int, rng: random.Random, clients: list[httpx.AsyncClient], bank: Bank) -> None:
+    """Place a hold, capture part or all of a known one (to the outside world or another wallet,
+    now and then final), or void one."""
+    key = f"bank-hold-{number}-{uuid.uuid4()}"
+    server = rng.randrange(len(clients))
+    roll = rng.random()
+    body: dict[str, Any] | None
+    if roll < 0.4 or not bank.open_holds:
+        operation, wallet_id = "hold", rng.choice(bank.wallet_ids)
+        path, body, status = f"/v1/wallets/{wallet_id}/holds", {"amount": rng.randint(1, MAX_MOVE)}, 201
+    else:
+        # Now and then one that may be closed already (409 hold_not_active), mostly an open one.
+        hold_id = rng.choice(bank.hold_ids if rng.random() < 0.1 else sorted(bank.open_holds))
+        held = bank.holds[hold_id]
+        if roll < 0.85:
+            operation, path, body, status = "capture", f"/v1/holds/{hold_id}/capture", {}, 201
+            if rng.random() < 0.8:
+                body["amount"] = rng.randint(1, max(1, held["amount"] // 2))
+            if rng.random() < 0.4:
+                body["to_wallet_id"] = rng.choice([w for w in bank.wallet_ids if w != held["wallet_id"]])
+            if rng.random() < 0.2:
+                body["final"] = True
+        else:
+            operation, path, body, status = "void", f"/v1/holds/{hold_id}/void", None, 200
+    response = await post_until_answered(clients, path, body, key, bank.retries, server)
+    if response.status_code != status:
+        if (response.status_code, problem_code(response)) in HOLD_REFUSALS[operation]:
+            bank.refused[f"{operation}:{problem_code(response)}"] += 1
+            if problem_code(response) == "hold_not_active":
+                bank.open_holds.discard(hold_id)
+        else:
+            bank.unexpected.append(f"{operation} {path} {body} -> {response.status_code} {response.text}")
+        return
+    assert "idempotent-replayed" not in response.headers, (key, response.headers)
+    answer = response.json()
+    if operation == "hold":
+        assert (answer["wallet_id"], answer["status"]) == (wallet_id, "active"), answer
+        assert answer["amount"] == answer["remaining"] == body["amount"], answer
+        bank.holds[answer["id"]] = answer
+        bank.hold_ids.append(answer["id"])
+        bank.open_holds.add(answer["id"])
+    elif operation == "capture":
+        assert answer["hold_id"] == hold_id, answer
+        assert answer["amount"] == body.get("amount", answer["amount"]), (body, answer)
+        if "to_wallet_id" in body:
+            wallets = {"from_wallet_id": held["wallet_id"], "to_wallet_id": body["to_wallet_id"]}
+            check_acknowledgement("transfer", answer["amount"], wallets, answer)
+        else:
+            check_acknowledgement("withdrawal", answer["amount"], {"wallet_id": held["wallet_id"]}, answer)
+        bank.acknowledge(answer)
+        if body.get("final") or "amount" not in body:
+            bank.open_holds.discard(hold_id)
+    else:
+        assert (answer["id"], answer["status"]) == (hold_id, "voided"), answer
+        bank.voids += 1
+        bank.open_holds.discard(hold_id)
+    await replay_now_and_then(rng, clients, bank, path, body, key, server, response)
+
+
+async def read_holds(client: httpx.AsyncClient, wallet_id: str) -> list[dict[str, Any]]:
+    """Every hold of a wallet, newest first, following next_cursor to the end."""
+    items: list[dict[str, Any]] = []
+    params: dict[str, Any] = {"limit": HISTORY_PAGE}
+    for _ in range(10_000):
+        response = await client.get(f"/v1/wallets/{wallet_id}/holds", params=params)
+        assert response.status_code == 200, response.text
+        page = response.json()
+        items.extend(page["items"])
+        if page["next_cursor"] is None:
+            return items
+        params["cursor"] = page["next_cursor"]
+    raise AssertionError(f"the holds of {wallet_id} did not end after 10000 pages")
+
+
 async def client_loop(number: int, clients: list[httpx.AsyncClient], bank: Bank, deadline: float) -> None:
     rng = random.Random(number)
     while time.monotonic() < deadline:
+        if rng.random() < HOLD_SHARE:
+            await hold_step(number, rng, clients, bank)
+            continue
         kind, path, body, wallets = movement(rng, bank.wallet_ids)
         key = f"bank-{number}-{uuid.uuid4()}"
         server = rng.randrange(len(clients))
@@ -238,11 +364,15 @@ async def test_concurrent_bank_over_http_conserves_money(
 
     assert not bank.unexpected, "\n".join(bank.unexpected[:20])
     movements = Counter(t["kind"] for t in bank.acknowledged.values())
-    # The workload did what it is meant to: all three kinds, and replays of acknowledged requests.
-    summary = (movements, bank.refused, bank.replays, bank.retries)
+    captures = Counter(t["kind"] for t in bank.acknowledged.values() if t["hold_id"] is not None)
+    # The workload did what it is meant to: all three kinds, holds placed, captured to the outside
+    # world and to wallets, and voided, and replays of acknowledged requests.
+    summary = (movements, captures, len(bank.holds), bank.voids, bank.refused, bank.replays, bank.retries)
     assert (
         movements["transfer"] > 50 and movements["withdrawal"] > 10 and movements["deposit"] > 10 + WALLETS
     ), summary
+    assert len(bank.holds) > 20 and captures["withdrawal"] > 5 and captures["transfer"] > 5, summary
+    assert bank.voids > 0, summary
     assert bank.replays > 0, summary
 
     reader = clients[0]
@@ -263,9 +393,30 @@ async def test_concurrent_bank_over_http_conserves_money(
     money_inside = (deposited - deposit_fees) - (withdrawn + withdrawal_fees) - transfer_fees
     assert sum(balances.values()) == money_inside, (balances, summary)
     assert balances == bank.expected_balances()
-    for wallet in wallets.values():
-        assert wallet["balance"] >= 0 and wallet["available"] == wallet["balance"], wallet
+    captured_by_hold: Counter[str] = Counter()
+    for transaction in bank.acknowledged.values():
+        if transaction["hold_id"] is not None:
+            captured_by_hold[transaction["hold_id"]] += transaction["amount"]
+    statuses: Counter[str] = Counter()
+    for wallet_id, wallet in wallets.items():
+        holds = await read_holds(clients[wallet_ids.index(wallet_id) % 2], wallet_id)
+        # Newest first: ids are time-ordered (concurrent holds were acknowledged in any order).
+        assert [hold["id"] for hold in holds] == sorted(
+            (hold_id for hold_id, hold in bank.holds.items() if hold["wallet_id"] == wallet_id), reverse=True
+        ), wallet_id
+        for hold in holds:
+            statuses[hold["status"]] += 1
+            assert hold["captured_amount"] == captured_by_hold[hold["id"]], hold
+            if hold["status"] == "active":
+                assert hold["captured_amount"] + hold["remaining"] == hold["amount"], hold
+            else:
+                assert hold["status"] in ("captured", "voided"), hold  # none expires within the test
+                assert hold["remaining"] == 0 and hold["captured_amount"] <= hold["amount"], hold
+        held = sum(hold["remaining"] for hold in holds if hold["status"] == "active")
+        assert wallet["held"] == held, (wallet, held)
+        assert wallet["balance"] >= 0 and wallet["available"] == wallet["balance"] - held >= 0, wallet
         assert wallet["pending"] == 0, wallet
+    assert statuses["voided"] == bank.voids, (statuses, bank.voids)
 
     for wallet_id in wallet_ids:
         items = await read_history(clients[wallet_ids.index(wallet_id) % 2], wallet_id)
