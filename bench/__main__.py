@@ -6,7 +6,7 @@ import shutil
 import sys
 from collections.abc import Callable
 
-from bench import BenchmarkFailed, history_bench, http_bench, settlement_bench, sql_bench
+from bench import BenchmarkFailed, history_bench, holds_bench, http_bench, settlement_bench, sql_bench
 
 # Each suite prints its table, writes bench/results/<name>.json and raises BenchmarkFailed
 # when a run is not clean. The HTTP and delayed-deposit suites go here as they land.
@@ -15,6 +15,7 @@ SUITES: dict[str, Callable[[], None]] = {
     "http": http_bench.main,
     "settlement": settlement_bench.main,
     "history": history_bench.main,
+    "holds": holds_bench.main,
 }
 
 

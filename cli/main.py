@@ -114,14 +114,23 @@ async def _verify(args: argparse.Namespace, url: str) -> int:
 
 
 def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
-    """Delayed-deposit settlement figures (wallet.settlement_stats) as one JSON object."""
+    """One JSON object: the delayed-deposit settlement figures (wallet.settlement_stats) at
+    the top level, as before holds existed, and the hold figures (wallet.hold_stats) under
+    "holds". Both over the last --minutes, read in one snapshot."""
+    from decimal import Decimal
 
     async def stats() -> dict:
+        window = timedelta(minutes=args.minutes)
         connection = await asyncpg.connect(database_url(settings))
         try:
-            return dict(await ledger.settlement_stats(connection, timedelta(minutes=args.minutes)))
+            async with connection.transaction(isolation="repeatable_read", readonly=True):
+                settlement = dict(await ledger.settlement_stats(connection, window))
+                holds = dict(await ledger.hold_stats(connection, window))
         finally:
             await connection.close()
+        # Sums of money come back as numeric: whole numbers of minor units in JSON, not strings.
+        holds = {name: int(value) if isinstance(value, Decimal) else value for name, value in holds.items()}
+        return {**settlement, "holds": holds}
 
     print(json.dumps(asyncio.run(stats()), default=str))
     return 0
@@ -352,8 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.set_defaults(handler=cmd_verify, uses_database=True)
 
-    stats = commands.add_parser("stats", help="delayed-deposit settlement figures as JSON")
-    stats.add_argument("--minutes", type=int, default=60, help="window of deposits counted")
+    stats = commands.add_parser("stats", help="delayed-deposit settlement and hold figures as JSON")
+    stats.add_argument("--minutes", type=int, default=60, help="window of deposits and holds counted")
     stats.set_defaults(handler=cmd_stats, uses_database=True)
 
     serve = commands.add_parser("serve", help="run the REST API")

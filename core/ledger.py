@@ -352,3 +352,21 @@ async def verify_checkpoint(database: Database, digest: str) -> list[asyncpg.Rec
 
 async def ledger_checkpoint(database: Database) -> str:
     return await database.fetchval("SELECT wallet.ledger_checkpoint()")
+
+
+# Holds: the worker's side.
+
+
+async def expire_hold(database: Database, hold_id: UUID) -> str:
+    """Expire an active hold that is due, releasing its money: 'expired'; the hold's status
+    when it is no longer active (captured, voided, expired); 'not_due' before expires_at."""
+    return await database.fetchval("SELECT wallet.expire_hold($1)", hold_id)
+
+
+async def reconcile_hold_expiries(database: Database, grace: timedelta) -> int:
+    """Re-enqueue the expiry of active holds overdue for grace without a live job; how many."""
+    return await database.fetchval("SELECT wallet.reconcile_hold_expiries($1)", grace)
+
+
+async def hold_stats(database: Database, window: timedelta) -> asyncpg.Record:
+    return await database.fetchrow("SELECT * FROM wallet.hold_stats($1)", window)

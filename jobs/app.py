@@ -40,6 +40,15 @@ def create_app(settings: Settings, url: str, concurrency: int) -> procrastinate.
     return app
 
 
+def worker_queues(app: procrastinate.App) -> list[str]:
+    """The queues of this release's tasks (deposits, holds, maintenance), which its workers
+    fetch from. Named rather than "every queue": a job of a task this release does not know
+    (one a later release's SQL enqueues on a queue of its own, during a rolling deploy) is
+    left waiting for a worker that knows it, instead of being fetched here and failed as
+    "task not found"."""
+    return sorted({task.queue for name, task in app.tasks.items() if name.startswith("wallet:")})
+
+
 async def run_worker(settings: Settings, url: str, concurrency: int) -> None:
     """Run jobs until SIGTERM or SIGINT, which let running jobs finish. A lost database
     connection restarts the worker; the jobs it was running are retried as stalled."""
@@ -48,6 +57,7 @@ async def run_worker(settings: Settings, url: str, concurrency: int) -> None:
         while True:
             try:
                 await app.run_worker_async(
+                    queues=worker_queues(app),
                     concurrency=concurrency,
                     fetch_job_polling_interval=settings.worker_poll_seconds,
                     listen_notify=settings.worker_listen_notify,
