@@ -45,9 +45,11 @@ $$;
 -- Locks: the wallet row, by the UPDATE itself, until the caller's transaction ends.
 -- Callers changing two wallets call this in wallet id order, so opposite transfers wait
 -- for each other instead of deadlocking.
--- A debit applies only while the balance covers it, a credit only while the balance stays
--- within 10^18 (so the sum can never overflow); the check and the write are one
--- statement, re-checked by PostgreSQL on the newest row version after any wait.
+-- A debit applies only while the wallet's available (its balance less what its active holds
+-- reserve, held) covers it, a credit only while the balance stays within 10^18 (so the sum
+-- can never overflow); the check and the write are one statement, re-checked by PostgreSQL
+-- on the newest row version after any wait. So no race spends held money (and the CHECK
+-- held_within_balance would refuse it anyway).
 -- updated_at is the clock, but never earlier than the wallet's last change (greatest() is
 -- re-evaluated on the newest row version after a lock wait), so a wallet's entries are in
 -- the same order by created_at as by id: history can then bound a page by time and by
@@ -76,7 +78,8 @@ BEGIN
             updated_at    = greatest(updated_at, v_at)
         WHERE id = p_wallet_id
           AND status = 'active'
-          AND balance + p_net_amount BETWEEN 0 AND wallet.max_balance()
+          AND balance + p_net_amount - held >= 0
+          AND balance + p_net_amount <= wallet.max_balance()
         RETURNING balance, chain_version, chain_hash, updated_at INTO v_link;
         EXIT WHEN FOUND;
 
@@ -91,9 +94,10 @@ BEGIN
             RAISE EXCEPTION USING ERRCODE = 'WL422', MESSAGE = 'the wallet would exceed the maximum balance of 10^18',
                 DETAIL = format('wallet %s', p_wallet_id);
         END IF;
-        IF v_wallet.balance + p_net_amount < 0 THEN
+        IF v_wallet.balance + p_net_amount - v_wallet.held < 0 THEN
             RAISE EXCEPTION USING ERRCODE = 'WF422', MESSAGE = 'insufficient funds',
-                DETAIL = format('wallet %s has %s available, %s needed', p_wallet_id, v_wallet.balance, -p_net_amount);
+                DETAIL = format('wallet %s has %s available (%s held), %s needed',
+                                p_wallet_id, v_wallet.balance - v_wallet.held, v_wallet.held, -p_net_amount);
         END IF;
     END LOOP;
     RETURN v_link;
@@ -101,17 +105,65 @@ END
 $$;
 
 -- wallet.to_transaction_result: the API's view of a transaction row.
+-- Each attribute is set by name, never built positionally (ROW(...)::wallet.transaction_result):
+-- a later release may then add an attribute to the type and still roll back to this one,
+-- whose body, re-applied, leaves the new attribute NULL instead of failing every call.
 -- Raises: nothing.
 CREATE OR REPLACE FUNCTION wallet.to_transaction_result(p_transaction wallet.transactions, p_replayed boolean)
 RETURNS wallet.transaction_result
 LANGUAGE plpgsql IMMUTABLE
 AS $$
+DECLARE
+    v_result wallet.transaction_result;
 BEGIN
-    RETURN ROW(p_transaction.id, p_transaction.kind, p_transaction.status, p_transaction.wallet_id,
-               p_transaction.from_wallet_id, p_transaction.to_wallet_id, p_transaction.currency,
-               p_transaction.amount, p_transaction.fee, p_transaction.reference, p_transaction.metadata,
-               p_transaction.available_at, p_transaction.created_at, p_transaction.posted_at,
-               p_transaction.failure_reason, p_replayed)::wallet.transaction_result;
+    v_result.id             := p_transaction.id;
+    v_result.kind           := p_transaction.kind;
+    v_result.status         := p_transaction.status;
+    v_result.wallet_id      := p_transaction.wallet_id;
+    v_result.from_wallet_id := p_transaction.from_wallet_id;
+    v_result.to_wallet_id   := p_transaction.to_wallet_id;
+    v_result.currency       := p_transaction.currency;
+    v_result.amount         := p_transaction.amount;
+    v_result.fee            := p_transaction.fee;
+    v_result.reference      := p_transaction.reference;
+    v_result.metadata       := p_transaction.metadata;
+    v_result.available_at   := p_transaction.available_at;
+    v_result.created_at     := p_transaction.created_at;
+    v_result.posted_at      := p_transaction.posted_at;
+    v_result.failure_reason := p_transaction.failure_reason;
+    v_result.replayed       := p_replayed;
+    RETURN v_result;
+END
+$$;
+
+-- wallet.to_transaction_result_v2: wallet.to_transaction_result and the hold a capture drew
+-- on (hold_id), set by name as there.
+-- Raises: nothing.
+CREATE OR REPLACE FUNCTION wallet.to_transaction_result_v2(p_transaction wallet.transactions, p_replayed boolean)
+RETURNS wallet.transaction_result_v2
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+DECLARE
+    v_result wallet.transaction_result_v2;
+BEGIN
+    v_result.id             := p_transaction.id;
+    v_result.kind           := p_transaction.kind;
+    v_result.status         := p_transaction.status;
+    v_result.wallet_id      := p_transaction.wallet_id;
+    v_result.from_wallet_id := p_transaction.from_wallet_id;
+    v_result.to_wallet_id   := p_transaction.to_wallet_id;
+    v_result.currency       := p_transaction.currency;
+    v_result.amount         := p_transaction.amount;
+    v_result.fee            := p_transaction.fee;
+    v_result.reference      := p_transaction.reference;
+    v_result.metadata       := p_transaction.metadata;
+    v_result.available_at   := p_transaction.available_at;
+    v_result.created_at     := p_transaction.created_at;
+    v_result.posted_at      := p_transaction.posted_at;
+    v_result.failure_reason := p_transaction.failure_reason;
+    v_result.hold_id        := p_transaction.hold_id;
+    v_result.replayed       := p_replayed;
+    RETURN v_result;
 END
 $$;
 
@@ -123,6 +175,92 @@ LANGUAGE plpgsql IMMUTABLE
 AS $$
 BEGIN
     RETURN jsonb_populate_record(NULL::wallet.transaction_result, p_response || '{"replayed": true}');
+END
+$$;
+
+-- wallet.replayed_transaction_v2: a stored first response of a capture, returned again.
+-- Raises: nothing.
+CREATE OR REPLACE FUNCTION wallet.replayed_transaction_v2(p_response jsonb)
+RETURNS wallet.transaction_result_v2
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    RETURN jsonb_populate_record(NULL::wallet.transaction_result_v2, p_response || '{"replayed": true}');
+END
+$$;
+
+-- wallet.post_withdrawal: write the withdrawal p_transaction (posted, not yet written) and
+-- post it: the wallet is debited amount + fee (wallet.apply_to_wallet), the outside world
+-- receives amount and commission revenue the fee, all legs in one INSERT. Shared by
+-- wallet.withdraw and wallet.capture_hold.
+-- Locks: the wallet row (in wallet.apply_to_wallet).
+-- Raises: WS409 wallet_not_active, WF422 insufficient_funds.
+CREATE OR REPLACE FUNCTION wallet.post_withdrawal(p_transaction wallet.transactions)
+RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_debit bigint := p_transaction.amount + p_transaction.fee;
+    v_after wallet.wallet_link;
+BEGIN
+    INSERT INTO wallet.transactions VALUES (p_transaction.*);
+    v_after := wallet.apply_to_wallet(p_transaction.wallet_id, -v_debit,
+                   wallet.transaction_digest(p_transaction,
+                       wallet.expected_legs('withdrawal', p_transaction.wallet_id, NULL, NULL,
+                                            p_transaction.amount, p_transaction.fee)));
+    INSERT INTO wallet.entries (transaction_id, wallet_id, account, currency, kind, net_amount,
+                                balance_before, balance_after, chain_version, chain_hash, created_at)
+    SELECT p_transaction.id, leg.wallet_id, leg.account, p_transaction.currency, 'withdrawal', leg.net_amount,
+           leg.balance_after - leg.net_amount, leg.balance_after, leg.chain_version, leg.chain_hash, v_after.updated_at
+    FROM (VALUES (p_transaction.wallet_id, NULL, -v_debit, v_after.balance, v_after.chain_version, v_after.chain_hash),
+                 (NULL::uuid, 'world', p_transaction.amount, NULL::bigint, NULL::bigint, NULL::bytea),
+                 (NULL, 'revenue', p_transaction.fee, NULL, NULL, NULL))
+         AS leg (wallet_id, account, net_amount, balance_after, chain_version, chain_hash)
+    WHERE leg.net_amount <> 0;
+END
+$$;
+
+-- wallet.post_transfer: write the transfer p_transaction (posted, not yet written) and post
+-- it: the sender is debited amount + fee, the receiver credited amount, commission revenue
+-- the fee, both wallets changed in wallet id order (wallet.apply_to_wallet), all legs in one
+-- INSERT. Shared by wallet.transfer and wallet.capture_hold.
+-- Locks: both wallet rows, lower id first (in wallet.apply_to_wallet), so two opposite
+-- transfers wait for each other instead of deadlocking.
+-- Raises: WS409 wallet_not_active, WF422 insufficient_funds, WL422 balance_limit_exceeded.
+CREATE OR REPLACE FUNCTION wallet.post_transfer(p_transaction wallet.transactions)
+RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_from_id    uuid   := p_transaction.from_wallet_id;
+    v_to_id      uuid   := p_transaction.to_wallet_id;
+    v_debit      bigint := p_transaction.amount + p_transaction.fee;
+    v_digest     bytea;
+    v_from_after wallet.wallet_link;
+    v_to_after   wallet.wallet_link;
+BEGIN
+    INSERT INTO wallet.transactions VALUES (p_transaction.*);
+    v_digest := wallet.transaction_digest(p_transaction,
+                    wallet.expected_legs('transfer', NULL, v_from_id, v_to_id, p_transaction.amount, p_transaction.fee));
+    IF v_from_id < v_to_id THEN
+        v_from_after := wallet.apply_to_wallet(v_from_id, -v_debit, v_digest);
+        v_to_after   := wallet.apply_to_wallet(v_to_id, p_transaction.amount, v_digest);
+    ELSE
+        v_to_after   := wallet.apply_to_wallet(v_to_id, p_transaction.amount, v_digest);
+        v_from_after := wallet.apply_to_wallet(v_from_id, -v_debit, v_digest);
+    END IF;
+    INSERT INTO wallet.entries (transaction_id, wallet_id, account, currency, kind, net_amount,
+                                balance_before, balance_after, chain_version, chain_hash, created_at)
+    SELECT p_transaction.id, leg.wallet_id, leg.account, p_transaction.currency, 'transfer', leg.net_amount,
+           leg.balance_after - leg.net_amount, leg.balance_after, leg.chain_version, leg.chain_hash, leg.created_at
+    FROM (VALUES (v_from_id, NULL, -v_debit, v_from_after.balance, v_from_after.chain_version,
+                  v_from_after.chain_hash, v_from_after.updated_at),
+                 (v_to_id, NULL, p_transaction.amount, v_to_after.balance, v_to_after.chain_version,
+                  v_to_after.chain_hash, v_to_after.updated_at),
+                 (NULL::uuid, 'revenue', p_transaction.fee, NULL::bigint, NULL::bigint, NULL::bytea,
+                  greatest(v_from_after.updated_at, v_to_after.updated_at)))
+         AS leg (wallet_id, account, net_amount, balance_after, chain_version, chain_hash, created_at)
+    WHERE leg.net_amount <> 0;
 END
 $$;
 
@@ -149,5 +287,9 @@ REVOKE ALL ON FUNCTION wallet.transaction_kinds() FROM PUBLIC;
 REVOKE ALL ON FUNCTION wallet.require_read_committed() FROM PUBLIC;
 REVOKE ALL ON FUNCTION wallet.apply_to_wallet(uuid, bigint, bytea, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION wallet.to_transaction_result(wallet.transactions, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION wallet.to_transaction_result_v2(wallet.transactions, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION wallet.replayed_transaction(jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION wallet.replayed_transaction_v2(jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION wallet.post_withdrawal(wallet.transactions) FROM PUBLIC;
+REVOKE ALL ON FUNCTION wallet.post_transfer(wallet.transactions) FROM PUBLIC;
 REVOKE ALL ON FUNCTION wallet.find_wallet(text, uuid) FROM PUBLIC;

@@ -1,5 +1,6 @@
 -- The settlement jobs of delayed deposits (sql/settle_deposit.sql has their lifecycle):
--- enqueue, delete, reconcile. The only ledger code that touches procrastinate's queue.
+-- enqueue, delete, reconcile. With sql/hold_expiry.sql (the holds' expiry jobs) and the
+-- stats' reads, the only ledger code that touches procrastinate's queue.
 --
 -- The settlement job lives in procrastinate's queue (schema procrastinate, which only the
 -- ledger's owner may write) and is enqueued in the same database transaction as the

@@ -2,9 +2,10 @@
 --
 -- The sender is debited amount + fee, the receiver credited amount, commission revenue
 -- the fee (the sender's owner's rule). Nothing changes unless the sender's available
--- covers amount + fee and both wallets are active.
+-- (balance - held) covers amount + fee and both wallets are active.
 -- Order: validate, read both wallets (no lock), compute the fee, claim the idempotency
--- key, write the transaction, then lock both wallets in id order and write the entries.
+-- key, then write the transaction, lock both wallets in id order and write the entries
+-- (wallet.post_transfer).
 -- Locks: both wallet rows, lower id first, as every function that locks two wallets does,
 -- so two opposite transfers wait for each other instead of deadlocking.
 -- Raises: WI400 invalid_request, WN404 not_found (either wallet; the sender also when
@@ -29,10 +30,6 @@ AS $$
 DECLARE
     v_from        wallet.wallets;
     v_to          wallet.wallets;
-    v_debit       bigint;
-    v_digest      bytea;
-    v_from_after  wallet.wallet_link;
-    v_to_after    wallet.wallet_link;
     v_transaction wallet.transactions;
     v_replay      jsonb;
 BEGIN
@@ -68,29 +65,7 @@ BEGIN
         RETURN wallet.replayed_transaction(v_replay);
     END IF;
 
-    INSERT INTO wallet.transactions VALUES (v_transaction.*);
-    v_debit := p_amount + v_transaction.fee;
-    v_digest := wallet.transaction_digest(v_transaction,
-                    wallet.expected_legs('transfer', NULL, p_from_wallet_id, p_to_wallet_id, p_amount, v_transaction.fee));
-    IF p_from_wallet_id < p_to_wallet_id THEN
-        v_from_after := wallet.apply_to_wallet(p_from_wallet_id, -v_debit, v_digest);
-        v_to_after   := wallet.apply_to_wallet(p_to_wallet_id, p_amount, v_digest);
-    ELSE
-        v_to_after   := wallet.apply_to_wallet(p_to_wallet_id, p_amount, v_digest);
-        v_from_after := wallet.apply_to_wallet(p_from_wallet_id, -v_debit, v_digest);
-    END IF;
-    INSERT INTO wallet.entries (transaction_id, wallet_id, account, currency, kind, net_amount,
-                                balance_before, balance_after, chain_version, chain_hash, created_at)
-    SELECT v_transaction.id, leg.wallet_id, leg.account, v_from.currency, 'transfer', leg.net_amount,
-           leg.balance_after - leg.net_amount, leg.balance_after, leg.chain_version, leg.chain_hash, leg.created_at
-    FROM (VALUES (p_from_wallet_id, NULL, -v_debit, v_from_after.balance, v_from_after.chain_version,
-                  v_from_after.chain_hash, v_from_after.updated_at),
-                 (p_to_wallet_id, NULL, p_amount, v_to_after.balance, v_to_after.chain_version,
-                  v_to_after.chain_hash, v_to_after.updated_at),
-                 (NULL::uuid, 'revenue', v_transaction.fee, NULL::bigint, NULL::bigint, NULL::bytea,
-                  greatest(v_from_after.updated_at, v_to_after.updated_at)))
-         AS leg (wallet_id, account, net_amount, balance_after, chain_version, chain_hash, created_at)
-    WHERE leg.net_amount <> 0;
+    PERFORM wallet.post_transfer(v_transaction);
     RETURN wallet.to_transaction_result(v_transaction, false);
 END
 $$;

@@ -13,9 +13,10 @@
 -- (check_name, detail) per violation and none when the ledger is sound. Locks nothing.
 
 -- wallet.verify_pending_signs_and_rules: the checks both audits run over the whole ledger,
--- cheap at any size (the partial index of scheduled deposits, one row per wallet, the
--- rules): pending_differs_from_scheduled, negative_balance, and rule_chain_broken for the
--- rules after the first p_rules_after (0: all of them; the chain still runs from the first).
+-- cheap at any size (the partial index of scheduled deposits, the active holds, one row per
+-- wallet, the rules): pending_differs_from_scheduled, held_differs_from_holds,
+-- negative_balance, and rule_chain_broken for the rules after the first p_rules_after (0: all
+-- of them; the chain still runs from the first).
 -- Raises: nothing.
 CREATE OR REPLACE FUNCTION wallet.verify_pending_signs_and_rules(p_rules_after bigint)
 RETURNS TABLE (check_name text, detail text)
@@ -28,6 +29,15 @@ AS $$
                FROM wallet.transactions WHERE status = 'scheduled' GROUP BY wallet_id) AS scheduled
            ON scheduled.wallet_id = w.id
     WHERE w.pending <> coalesce(scheduled.total, 0)
+
+    UNION ALL
+    SELECT 'held_differs_from_holds',
+           format('wallet %s: held %s, its active holds reserve %s', w.id, w.held, coalesce(active.total, 0))
+    FROM wallet.wallets AS w
+    LEFT JOIN (SELECT wallet_id, sum(remaining) AS total
+               FROM wallet.holds WHERE status = 'active' GROUP BY wallet_id) AS active
+           ON active.wallet_id = w.id
+    WHERE w.held <> coalesce(active.total, 0)
 
     UNION ALL
     SELECT 'negative_balance', format('wallet %s: balance %s, pending %s', id, balance, pending)
@@ -54,6 +64,9 @@ $$;
 --   revenue_differs_from_fee   a transaction's revenue leg is not its fee
 --   balance_differs_from_entries  a wallet's balance is not the sum of its entries
 --   pending_differs_from_scheduled  a wallet's pending is not the sum of its scheduled deposits
+--   held_differs_from_holds    a wallet's held is not the sum of its active holds' remaining
+--   hold_captures_differ       a hold's captured_amount is not the sum of its captures' amounts,
+--                              or a capture drew on a hold of another wallet
 --   negative_balance           a wallet below zero
 --   entry_chain_broken         an entry's balance_before is not the previous entry's balance_after
 --   chain_link_mismatch        a link's hash is not what its transaction, legs, version and
@@ -103,7 +116,8 @@ AS $$
     checked_transactions AS (
         -- Each transaction beside its entries, with the digest its posting links must carry
         -- (computed once, not once per wallet of a transfer).
-        SELECT coalesce(t.id, legs.transaction_id) AS id, t.status, t.fee,
+        SELECT coalesce(t.id, legs.transaction_id) AS id, t.status, t.fee, t.amount, t.hold_id,
+               coalesce(t.wallet_id, t.from_wallet_id) AS paying_wallet_id,
                legs.transaction_id IS NOT NULL AS has_entries,
                legs.total, legs.revenue, legs.entry_count, legs.merchant_legs,
                CASE WHEN legs.legs IS NOT NULL AND t.id IS NOT NULL
@@ -206,6 +220,18 @@ AS $$
                ORDER BY wallet_id, chain_version DESC) AS newest
            ON newest.wallet_id = w.id
     WHERE 'wallet_' || w.status <> coalesce(newest.event, 'wallet_active')
+
+    UNION ALL
+    SELECT 'hold_captures_differ',
+           format('hold %s of wallet %s: captured_amount %s, its captures sum to %s, %s of them from another wallet',
+                  coalesce(h.id, c.hold_id), h.wallet_id, h.captured_amount, coalesce(sum(c.amount), 0),
+                  count(*) FILTER (WHERE c.hold_id IS NOT NULL AND c.paying_wallet_id IS DISTINCT FROM h.wallet_id))
+    FROM wallet.holds AS h
+    FULL JOIN (SELECT hold_id, amount, paying_wallet_id FROM checked_transactions WHERE hold_id IS NOT NULL) AS c
+           ON c.hold_id = h.id
+    GROUP BY coalesce(h.id, c.hold_id), h.wallet_id, h.captured_amount
+    HAVING h.captured_amount IS DISTINCT FROM coalesce(sum(c.amount), 0)
+        OR bool_or(c.hold_id IS NOT NULL AND c.paying_wallet_id IS DISTINCT FROM h.wallet_id)
 
     UNION ALL
     SELECT * FROM wallet.verify_pending_signs_and_rules(0)
@@ -362,10 +388,12 @@ $$;
 -- on, entry_chain_broken and balance_differs_from_entries from the head's balance on,
 -- transaction_unbalanced, transaction_entries and revenue_differs_from_fee of the
 -- transactions those links name, transaction_unchained above the watermark,
--- pending_differs_from_scheduled and negative_balance everywhere (the partial index on
--- scheduled deposits keeps that small), rule_chain_broken after the checkpoint's rules.
--- An entry written by hand below the watermark, or any edit of what the checkpoint saw,
--- is for a full verify_ledger (and verify_checkpoint) to find.
+-- pending_differs_from_scheduled, held_differs_from_holds and negative_balance everywhere
+-- (the partial index on scheduled deposits and the active holds keep that small),
+-- rule_chain_broken after the checkpoint's rules.
+-- An entry written by hand below the watermark, any edit of what the checkpoint saw, and
+-- hold_captures_differ (it sums every capture of a hold, which no index of transactions
+-- finds) are for a full verify_ledger (and verify_checkpoint) to find.
 -- Raises: WI400 invalid_request (no checkpoint at or before p_since).
 CREATE OR REPLACE FUNCTION wallet.verify_ledger_since(p_since timestamptz)
 RETURNS TABLE (check_name text, detail text)

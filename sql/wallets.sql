@@ -4,17 +4,32 @@
 -- caller is limited to (a token's owner_id claim; NULL for a service caller): a wallet
 -- of another owner is reported as not found (WN404), never as forbidden.
 
--- wallet.to_wallet_result: the API's view of a wallet row. Nothing is held back from
--- spending yet, so available equals balance.
+-- wallet.to_wallet_result: the API's view of a wallet row. available is what may be spent:
+-- the balance less what active holds reserve (held = balance - available).
+-- Each attribute is set by name, never built positionally (ROW(...)::wallet.wallet_result):
+-- a later release may then add an attribute to the type (held, say) and still roll back to
+-- this one, whose body, re-applied, leaves the new attribute NULL instead of failing every
+-- call. (The previous release builds it positionally, which is why this one adds none.)
 -- Raises: nothing.
 CREATE OR REPLACE FUNCTION wallet.to_wallet_result(p_wallet wallet.wallets, p_replayed boolean)
 RETURNS wallet.wallet_result
 LANGUAGE plpgsql IMMUTABLE
 AS $$
+DECLARE
+    v_result wallet.wallet_result;
 BEGIN
-    RETURN ROW(p_wallet.id, p_wallet.owner_id, p_wallet.currency, p_wallet.status,
-               p_wallet.balance, p_wallet.balance, p_wallet.pending, p_wallet.metadata,
-               p_wallet.created_at, p_wallet.updated_at, p_replayed)::wallet.wallet_result;
+    v_result.id         := p_wallet.id;
+    v_result.owner_id   := p_wallet.owner_id;
+    v_result.currency   := p_wallet.currency;
+    v_result.status     := p_wallet.status;
+    v_result.balance    := p_wallet.balance;
+    v_result.available  := p_wallet.balance - p_wallet.held;
+    v_result.pending    := p_wallet.pending;
+    v_result.metadata   := p_wallet.metadata;
+    v_result.created_at := p_wallet.created_at;
+    v_result.updated_at := p_wallet.updated_at;
+    v_result.replayed   := p_replayed;
+    RETURN v_result;
 END
 $$;
 
@@ -123,10 +138,11 @@ $$;
 -- Order: find the wallet and check its owner (so a replay never shows another owner's
 -- wallet), claim the idempotency key, then lock and change it.
 -- Locks: the wallet row (FOR NO KEY UPDATE). A change to the status it already has
--- succeeds and changes nothing. Closed is final; only an empty wallet may close.
+-- succeeds and changes nothing. Closed is final; only an empty wallet may close (no
+-- balance, no pending deposits, nothing held by active holds).
 -- Raises: WI400 invalid_request (a malformed idempotency key), WN404 not_found,
 --         WS409 wallet_not_active (freezing or unfreezing a closed wallet),
---         WE409 wallet_not_empty (closing with a balance or pending deposits),
+--         WE409 wallet_not_empty (closing with a balance, pending deposits or held money),
 --         WK409 idempotency_key_reused, WT500 isolation_level_unsupported.
 CREATE OR REPLACE FUNCTION wallet.change_wallet_status(
     p_caller_id        text,
@@ -158,10 +174,10 @@ BEGIN
             RAISE EXCEPTION USING ERRCODE = 'WS409', MESSAGE = 'wallet is closed',
                 DETAIL = format('wallet %s', p_wallet_id);
         END IF;
-        IF p_status = 'closed' AND (v_wallet.balance <> 0 OR v_wallet.pending <> 0) THEN
+        IF p_status = 'closed' AND (v_wallet.balance <> 0 OR v_wallet.pending <> 0 OR v_wallet.held <> 0) THEN
             RAISE EXCEPTION USING ERRCODE = 'WE409', MESSAGE = 'only an empty wallet can be closed',
-                DETAIL = format('wallet %s has balance %s and pending %s',
-                                p_wallet_id, v_wallet.balance, v_wallet.pending);
+                DETAIL = format('wallet %s has balance %s (%s held) and pending %s',
+                                p_wallet_id, v_wallet.balance, v_wallet.held, v_wallet.pending);
         END IF;
         v_wallet := wallet.append_status_link(p_wallet_id, 'wallet_' || p_status, NULL, 0,
                                               p_require_active => false, p_status => p_status);
@@ -210,7 +226,7 @@ $$;
 
 -- wallet.close_wallet: an empty wallet closes for good (wallet.change_wallet_status).
 -- Raises: WI400 invalid_request (a malformed idempotency key), WN404 not_found,
---         WE409 wallet_not_empty (a balance or pending deposits), WK409 idempotency_key_reused,
+--         WE409 wallet_not_empty (a balance, pending deposits or held money), WK409 idempotency_key_reused,
 --         WT500 isolation_level_unsupported.
 CREATE OR REPLACE FUNCTION wallet.close_wallet(
     p_caller_id text, p_idempotency_key text, p_fingerprint text, p_acting_owner_id text, p_wallet_id uuid

@@ -1,9 +1,10 @@
 -- wallet.withdraw: money from a wallet to the outside world.
 --
 -- The wallet is debited amount + fee; the outside world receives amount and commission
--- revenue the fee. Nothing changes unless available covers amount + fee.
+-- revenue the fee. Nothing changes unless available (balance - held) covers amount + fee.
 -- Order: validate, read the wallet (no lock), compute the fee, claim the idempotency
--- key, write the transaction, then lock and debit the wallet and write the entries.
+-- key, then write the transaction, lock and debit the wallet and write the entries
+-- (wallet.post_withdrawal).
 -- Locks: the wallet row (in wallet.apply_to_wallet).
 -- Raises: WI400 invalid_request, WN404 not_found, WS409 wallet_not_active,
 --         WF422 insufficient_funds, WK409 idempotency_key_reused, WT500 isolation_level_unsupported.
@@ -25,8 +26,6 @@ DECLARE
     v_wallet      wallet.wallets;
     v_transaction wallet.transactions;
     v_replay      jsonb;
-    v_debit       bigint;
-    v_after       wallet.wallet_link;
 BEGIN
     PERFORM wallet.require_read_committed();
     PERFORM wallet.check_movement_request(p_amount, p_reference, coalesce(p_metadata, '{}'));
@@ -51,20 +50,7 @@ BEGIN
         RETURN wallet.replayed_transaction(v_replay);
     END IF;
 
-    INSERT INTO wallet.transactions VALUES (v_transaction.*);
-    v_debit := p_amount + v_transaction.fee;
-    v_after := wallet.apply_to_wallet(p_wallet_id, -v_debit,
-                   wallet.transaction_digest(v_transaction,
-                       wallet.expected_legs('withdrawal', p_wallet_id, NULL, NULL, p_amount, v_transaction.fee)));
-    INSERT INTO wallet.entries (transaction_id, wallet_id, account, currency, kind, net_amount,
-                                balance_before, balance_after, chain_version, chain_hash, created_at)
-    SELECT v_transaction.id, leg.wallet_id, leg.account, v_wallet.currency, 'withdrawal', leg.net_amount,
-           leg.balance_after - leg.net_amount, leg.balance_after, leg.chain_version, leg.chain_hash, v_after.updated_at
-    FROM (VALUES (p_wallet_id, NULL, -v_debit, v_after.balance, v_after.chain_version, v_after.chain_hash),
-                 (NULL::uuid, 'world', p_amount, NULL::bigint, NULL::bigint, NULL::bytea),
-                 (NULL, 'revenue', v_transaction.fee, NULL, NULL, NULL))
-         AS leg (wallet_id, account, net_amount, balance_after, chain_version, chain_hash)
-    WHERE leg.net_amount <> 0;
+    PERFORM wallet.post_withdrawal(v_transaction);
     RETURN wallet.to_transaction_result(v_transaction, false);
 END
 $$;

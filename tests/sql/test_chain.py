@@ -315,7 +315,7 @@ def unfreeze_a_wallet(db, ledger):
 
 def truncate_the_ledger(db, ledger):
     db.execute(
-        "TRUNCATE wallet.entries, wallet.status_changes, wallet.transactions, wallet.wallets,"
+        "TRUNCATE wallet.entries, wallet.status_changes, wallet.transactions, wallet.holds, wallet.wallets,"
         " wallet.commission_rules, wallet.checkpoint_heads, wallet.checkpoints"
     )
 

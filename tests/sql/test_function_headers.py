@@ -36,7 +36,7 @@ CANNOT_RAISE_THROUGH: dict[tuple[str, str], tuple[frozenset[str], str]] = {
         frozenset({"WF422"}),
         "a deposit credits the wallet (p_net_amount > 0): the balance cannot fall below zero",
     ),
-    ("withdraw", "apply_to_wallet"): (
+    ("post_withdrawal", "apply_to_wallet"): (
         frozenset({"WL422"}),
         "a withdrawal debits the wallet (p_net_amount < 0): the balance cannot pass the maximum",
     ),

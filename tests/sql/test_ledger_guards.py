@@ -64,6 +64,11 @@ WRITING_FUNCTIONS = [
     "wallet.transfer(text, text, text, text, uuid, uuid, bigint, text, jsonb)",
     "wallet.set_commission_rule(text, text, text, integer, bigint, bigint, bigint)",
     "wallet.prune_idempotency_keys(interval)",
+    "wallet.place_hold(text, text, text, text, uuid, bigint, timestamp with time zone, text, jsonb)",
+    "wallet.capture_hold(text, text, text, text, uuid, bigint, uuid, boolean)",
+    "wallet.void_hold(text, text, text, text, uuid)",
+    "wallet.expire_hold(uuid)",
+    "wallet.reconcile_hold_expiries(interval)",
 ]
 
 
@@ -369,6 +374,16 @@ INTERNAL_HELPERS = {
     "to_wallet_result",
     "uuid_v7",
     "verify_pending_signs_and_rules",
+    # Holds (issue 12) and the posting shared with captures.
+    "find_hold",
+    "find_transaction",
+    "post_transfer",
+    "post_withdrawal",
+    "release_from_hold",
+    "replayed_hold",
+    "replayed_transaction_v2",
+    "to_hold_result",
+    "to_transaction_result_v2",
 }
 
 
@@ -454,6 +469,7 @@ def test_verify_ledger_reports_every_kind_of_corruption(db):
     db.execute("ALTER TABLE wallet.entries DISABLE TRIGGER entries_append_only")
     db.execute("ALTER TABLE wallet.wallets DROP CONSTRAINT wallets_balance_check")
     db.execute("ALTER TABLE wallet.wallets DROP CONSTRAINT wallets_pending_check")
+    db.execute("ALTER TABLE wallet.wallets DROP CONSTRAINT held_within_balance")  # balance - held >= 0
     wallet_entry = scalar(db, "SELECT max(id) FROM wallet.entries WHERE wallet_id = %s", wallets[2])
     earlier_entry = scalar(db, "SELECT min(id) FROM wallet.entries WHERE wallet_id = %s", wallets[2])
     world_entry = scalar(db, "SELECT max(id) FROM wallet.entries WHERE account = 'world'")

@@ -172,8 +172,9 @@ def test_no_function_run_as_the_owner_searches_a_schema_others_may_write(db, pub
     assert unsafe == []
     assert unpinned_definers == []
     assert naming_public == []
-    # The two helpers that call procrastinate's SQL, which names its tables unqualified.
+    # The helpers that call procrastinate's SQL, which names its tables unqualified: the
+    # settlement jobs' and the hold expiry jobs'.
     assert queue_callers == [
         {"name": name, "search_path": "search_path=pg_catalog, procrastinate, pg_temp"}
-        for name in ("delete_settlement_job", "enqueue_settlement")
+        for name in ("delete_hold_expiry_job", "delete_settlement_job", "enqueue_hold_expiry", "enqueue_settlement")
     ]

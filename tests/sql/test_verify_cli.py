@@ -43,7 +43,7 @@ def test_verify_against_a_digest_names_a_rollback_to_before_it(db, verify):
     (digest,) = DIGEST.findall(verify("--checkpoint")[1])
     db.execute("SET session_replication_role = replica")
     db.execute(
-        "TRUNCATE wallet.entries, wallet.status_changes, wallet.transactions, wallet.wallets,"
+        "TRUNCATE wallet.entries, wallet.status_changes, wallet.transactions, wallet.holds, wallet.wallets,"
         " wallet.checkpoint_heads, wallet.checkpoints"
     )
 
