@@ -397,3 +397,34 @@ def test_a_capture_after_the_expiry_job_took_the_hold_is_refused(db, database_ur
     assert hold_of(db, hold["id"])["status"] == "expired"
     assert money_of(db, wallet_id) == (10_000, 0, 10_000)
     assert violations(db) == []
+
+
+def test_an_expiry_job_that_runs_early_is_retried_until_the_hold_is_due(db, workers):
+    """A job run before its hold's expires_at (clock skew, one enqueued by hand) finds it
+    'not_due' and is retried a second later, until the hold expires: the expiry is not lost."""
+    wallet_id = funded_wallet(db, 10_000)
+    hold = place_hold(db, wallet_id, 4_000, db_now(db) + LEAD)
+    # The hold's own job is replaced by one due now, as a skewed clock would have it run.
+    db.execute("SET search_path = procrastinate")
+    db.execute(
+        "DELETE FROM procrastinate.procrastinate_jobs WHERE queueing_lock = %s",
+        (f"expire-hold:{hold['id']}",),
+    )
+    db.execute("RESET search_path")
+    db.execute("SELECT wallet.enqueue_hold_expiry(%s::uuid, now())", (hold["id"],))
+    workers.start()
+
+    workers.wait_until(
+        lambda: hold_of(db, hold["id"])["status"] == "expired",
+        timeout=EXPIRE_SECONDS,
+        what="the hold expired",
+    )
+
+    [job] = finished_expire_jobs(workers, db, hold["id"])
+    assert job["status"] == "succeeded" and job["attempts"] >= 2, job
+    expired = hold_of(db, hold["id"])
+    # Retried every second: expired within about a second of its time, not the reconciler's 15 s.
+    assert timedelta(0) <= expired["closed_at"] - expired["expires_at"] < timedelta(seconds=2)
+    assert f"hold {hold['id']}: not due yet (attempt 1); retrying" in workers.log_tails(lines=400)
+    assert money_of(db, wallet_id) == (10_000, 0, 10_000)
+    assert violations(db) == []
