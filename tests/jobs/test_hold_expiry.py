@@ -18,10 +18,12 @@ import threading
 import time
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
 
+from core.database import with_database
 from tests.support.ledger import funded_wallet, get_wallet, rows, scalar
 from tests.support.processes import service_environment
 
@@ -428,3 +430,31 @@ def test_an_expiry_job_that_runs_early_is_retried_until_the_hold_is_due(db, work
     assert f"hold {hold['id']}: not due yet (attempt 1); retrying" in workers.log_tails(lines=400)
     assert money_of(db, wallet_id) == (10_000, 0, 10_000)
     assert violations(db) == []
+
+
+def test_a_wallet_worker_login_expires_holds_and_reconciles(db, database_url, logins, workers):
+    """The worker needs nothing but wallet_app (sql/bootstrap/roles.sql's wallet_worker) to
+    expire a hold and to run the hold reconciler."""
+    wallet_id = funded_wallet(db, 10_000)
+    hold = place_hold(db, wallet_id, 4_000, db_now(db) + LEAD)
+    worker_url = with_database(logins["wallet_worker"], urlsplit(database_url).path.lstrip("/"))
+    workers.start(DATABASE_URL=worker_url)
+
+    [job] = finished_expire_jobs(workers, db, hold["id"])
+
+    assert (job["status"], job["attempts"]) == ("succeeded", 1)
+    assert hold_of(db, hold["id"])["status"] == "expired"
+    assert money_of(db, wallet_id) == (10_000, 0, 10_000)
+    workers.wait_until(
+        lambda: scalar(
+            db,
+            "SELECT count(*) FROM procrastinate.procrastinate_jobs"
+            " WHERE task_name = 'wallet:reconcile_hold_expiries' AND status = 'succeeded'",
+        ),
+        timeout=PERIODIC_SECONDS,
+        what="a reconcile_hold_expiries job succeeded",
+    )
+    assert "wallet_worker" in {
+        row["usename"]
+        for row in rows(db, "SELECT usename FROM pg_stat_activity WHERE datname = current_database()")
+    }
