@@ -176,5 +176,10 @@ def test_no_function_run_as_the_owner_searches_a_schema_others_may_write(db, pub
     # settlement jobs' and the hold expiry jobs'.
     assert queue_callers == [
         {"name": name, "search_path": "search_path=pg_catalog, procrastinate, pg_temp"}
-        for name in ("delete_hold_expiry_job", "delete_settlement_job", "enqueue_hold_expiry", "enqueue_settlement")
+        for name in (
+            "delete_hold_expiry_job",
+            "delete_settlement_job",
+            "enqueue_hold_expiry",
+            "enqueue_settlement",
+        )
     ]
