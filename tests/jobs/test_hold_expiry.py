@@ -16,14 +16,19 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
+import asyncpg
+import procrastinate
 import psycopg
 import pytest
 
 from core.database import with_database
+from core.settings import load_settings
+from jobs.app import create_app, worker_queues
+from jobs.tasks import HoldNotDue, build_tasks
 from tests.support.ledger import funded_wallet, get_wallet, rows, scalar
 from tests.support.processes import service_environment
 
@@ -458,3 +463,46 @@ def test_a_wallet_worker_login_expires_holds_and_reconciles(db, database_url, lo
         row["usename"]
         for row in rows(db, "SELECT usename FROM pg_stat_activity WHERE datname = current_database()")
     }
+
+
+# -- the retry strategy and the worker's queues, without a worker ---------------------------
+
+
+def expiry_retry_decision(exception: BaseException, attempts: int) -> Any:
+    settings = load_settings({"WALLET_SETTLE_MAX_RETRIES": "3", "WALLET_SETTLE_RETRY_BASE_SECONDS": "2"})
+    task = build_tasks(settings).tasks["expire_hold"]
+    job = procrastinate.jobs.Job(
+        id=1,
+        queue="holds",
+        lock=None,
+        queueing_lock=None,
+        task_name=EXPIRE_TASK,
+        attempts=attempts,
+        task_kwargs={"hold_id": "x"},
+    )
+    return task.retry_strategy.get_retry_decision(exception=exception, job=job)
+
+
+def seconds_until(decision: Any) -> float:
+    return (decision.retry_at - datetime.now(UTC)).total_seconds()
+
+
+def test_the_expiry_retry_strategy():
+    # Early: a second later, until the attempts are spent (then the reconciler).
+    assert 0 < seconds_until(expiry_retry_decision(HoldNotDue("x"), attempts=0)) <= 1
+    assert 0 < seconds_until(expiry_retry_decision(HoldNotDue("x"), attempts=2)) <= 1
+    assert expiry_retry_decision(HoldNotDue("x"), attempts=3) is None
+    # Transient errors: as settlements, base^(attempts + 1) seconds.
+    assert 1 < seconds_until(expiry_retry_decision(ConnectionError(), attempts=0)) <= 2
+    assert 7 < seconds_until(expiry_retry_decision(ConnectionError(), attempts=2)) <= 8
+    assert expiry_retry_decision(ConnectionError(), attempts=3) is None
+    # A hold that does not exist never will.
+    missing = asyncpg.PostgresError()
+    missing.sqlstate = "WN404"
+    assert expiry_retry_decision(missing, attempts=0) is None
+
+
+def test_the_worker_fetches_from_the_queues_of_its_tasks_holds_included():
+    app = create_app(load_settings({}), "postgresql://localhost/unused", concurrency=1)
+    assert worker_queues(app) == ["deposits", "holds", "maintenance"]
+    assert app.tasks[EXPIRE_TASK].queue == "holds"
