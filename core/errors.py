@@ -57,7 +57,8 @@ ERRORS: tuple[ErrorCode, ...] = (
         code="not_found",
         status=404,
         title="Not found",
-        meaning="the wallet, transaction or hold does not exist or belongs to another owner, or no such route",
+        meaning="the wallet, transaction or hold does not exist or belongs to another owner, or no such "
+        "route",
         sqlstate="WN404",
         raised_when="the wallet, transaction or hold does not exist, or belongs to another owner",
     ),
@@ -98,10 +99,11 @@ ERRORS: tuple[ErrorCode, ...] = (
         code="hold_not_active",
         status=409,
         title="The hold is not active",
-        meaning="the hold was captured in full, voided or expired: it reserves nothing any more; nothing "
-        "moved",
+        meaning="the hold was captured in full, voided or expired: it reserves nothing any more (a capture "
+        "is refused too once the hold's `expires_at` has passed, before its expiry has run); nothing moved",
         sqlstate="WH409",
-        raised_when="capturing or voiding a hold that is captured, voided or expired",
+        raised_when="capturing or voiding a hold that is captured, voided or expired; capturing one past its "
+        "expires_at",
     ),
     ErrorCode(
         code="idempotency_key_reused",

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Iterator
 from datetime import timedelta
 
 import psycopg
 import pytest
 
+from tests.sql.public_schema_attack import plant, planted_calls
 from tests.sql.test_bounds import COLUMN_CHECKS, RANGE_CHECK, _fill
 from tests.support.holds import (
     active_remaining,
@@ -823,3 +825,42 @@ def test_a_hold_changes_no_chain_link_and_no_updated_at(db, status):
         == head
     )
     assert held(db, wallet_id) == active_remaining(db, wallet_id) == (400 if status == "active" else 0)
+
+
+@pytest.fixture
+def app(database_url: str) -> Iterator[psycopg.Connection]:
+    """A wallet_app session (the API's or the worker's privileges) with the default search_path."""
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        connection.execute("SET ROLE wallet_app")
+        yield connection
+
+
+def test_objects_planted_in_public_by_wallet_app_never_run_through_holds(db, app):
+    """As tests/sql/test_privileges.py proves for deposits: where PUBLIC may create in public
+    (databases from PostgreSQL 14 or older), nothing planted there runs as the ledger's owner
+    when holds are placed (their expiry job enqueued), captured, voided, expired, reconciled."""
+    db.execute("GRANT CREATE ON SCHEMA public TO PUBLIC")
+    plant(app, "procrastinate")
+    db.execute("SET search_path = pg_catalog, procrastinate")  # run no planted code here either
+    wallet_id, payee = new_wallet(app, "merchant-1"), new_wallet(app, "merchant-2")
+    deposit(app, wallet_id, 10_000)
+
+    captured, voided, expired, lost = (place_hold(app, wallet_id, 1_000)["id"] for _ in range(4))
+    capture_hold(app, captured, 400, to_wallet_id=payee)
+    capture_hold(app, captured)
+    void_hold(app, voided)
+    make_due(db, expired)
+    outcome = expire_hold(app, expired)
+    lose_expiry_job(db, lost)
+    db.execute(
+        "UPDATE wallet.holds SET created_at = created_at - interval '1 day',"
+        " expires_at = now() - interval '1 hour' WHERE id = %s",
+        (lost,),
+    )
+    reenqueued = scalar(app, "SELECT wallet.reconcile_hold_expiries()")
+    stats = one(app, "SELECT active, queue_depth FROM wallet.hold_stats()")
+
+    assert planted_calls(db) == []
+    assert (outcome, reenqueued, stats) == ("expired", 1, {"active": 1, "queue_depth": 1})
+    assert [job["args"] for job in expiry_jobs(db, lost)] == [{"hold_id": str(lost)}]
+    assert violations(db) == []
