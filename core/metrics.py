@@ -6,7 +6,8 @@ from prometheus_client import Counter, Gauge
 
 MOVEMENTS = Counter(
     "wallet_money_movements",
-    "Money movement requests by kind and outcome (posted, scheduled, canceled, replayed, or the error code)",
+    "Money movement requests by kind (deposit, withdrawal, transfer, cancel, hold, capture, void) and "
+    "outcome (its status: posted, scheduled, canceled, active, voided; replayed; or the error code)",
     ["kind", "outcome"],
 )
 
