@@ -1,5 +1,5 @@
--- Expiring holds (sql/holds.sql has the hold's life): the expiry, and its jobs' enqueue,
--- delete and reconcile.
+-- Expiring holds (sql/holds.sql has the hold's life): the expiry of one hold and of a batch of
+-- due ones, and the expiry jobs' enqueue, delete and reconcile.
 --
 -- wallet.place_hold enqueues, in the transaction that places the hold, a procrastinate job
 -- (task 'wallet:expire_hold', queue 'holds', args {"hold_id": "<id>"}) scheduled for the
@@ -80,6 +80,48 @@ BEGIN
 END
 $$;
 
+-- wallet.expire_due_holds: expire up to p_limit (0..1000) active holds that are due and that
+-- no one else is changing, the longest overdue first, as wallet.expire_hold expires one.
+-- Returns how many it expired. For the worker, beside its own hold's wallet.expire_hold: when
+-- many holds fall due at once, one job expires a batch in one transaction and the jobs of the
+-- rest find their holds expired (settlement's sweep, for holds), so the lag follows the
+-- batch, not one hold a job.
+-- Locks: the due holds' rows (FOR UPDATE SKIP LOCKED: it never waits for one, so a hold a
+-- capture, void or job has taken is left to it), then their wallet rows in wallet id order.
+-- No path waits for a hold row while holding a wallet row, so this order forms no cycle.
+-- Raises: WI400 invalid_request (limit outside 0..1000), WT500 isolation_level_unsupported.
+CREATE OR REPLACE FUNCTION wallet.expire_due_holds(p_limit integer DEFAULT 50)
+RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_hold    wallet.holds;
+    v_expired integer := 0;
+BEGIN
+    PERFORM wallet.require_read_committed();
+    IF p_limit IS NULL OR p_limit NOT BETWEEN 0 AND 1000 THEN
+        RAISE EXCEPTION USING ERRCODE = 'WI400', MESSAGE = 'limit must be 0 to 1000';
+    END IF;
+    PERFORM set_config('synchronous_commit', 'on', true);
+    FOR v_hold IN
+        WITH due AS (
+            SELECT * FROM wallet.holds
+            WHERE status = 'active' AND expires_at <= now()
+            ORDER BY expires_at
+            LIMIT p_limit
+            FOR UPDATE SKIP LOCKED
+        )
+        SELECT * FROM due ORDER BY wallet_id, id
+    LOOP
+        PERFORM wallet.release_from_hold(v_hold, 0, 'expired');
+        v_expired := v_expired + 1;
+    END LOOP;
+    RETURN v_expired;
+END
+$$;
+
 -- wallet.reconcile_hold_expiries: re-enqueue the expiry of every active hold due for longer
 -- than p_grace that has no live job (its job was deleted, failed past its retries, or never
 -- ran), at most 1000 a run, the most overdue first. Returns how many were enqueued.
@@ -119,6 +161,8 @@ $$;
 REVOKE ALL ON FUNCTION wallet.enqueue_hold_expiry(uuid, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION wallet.delete_hold_expiry_job(uuid) FROM PUBLIC;
 REVOKE ALL ON FUNCTION wallet.expire_hold(uuid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION wallet.expire_due_holds(integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION wallet.reconcile_hold_expiries(interval) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION wallet.expire_hold(uuid) TO wallet_app;
+GRANT EXECUTE ON FUNCTION wallet.expire_due_holds(integer) TO wallet_app;
 GRANT EXECUTE ON FUNCTION wallet.reconcile_hold_expiries(interval) TO wallet_app;

@@ -513,6 +513,34 @@ def test_expire_hold_expires_an_active_hold_once_it_is_due_and_only_then(db):
     assert violations(db) == []
 
 
+def test_expire_due_holds_expires_a_batch_of_due_holds_no_one_else_holds(db, database_url):
+    first, second = funded_wallet(db, 10_000), funded_wallet(db, 10_000, owner="other")
+    due = [place_hold(db, wallet_id, 1_000)["id"] for wallet_id in (first, second, first, second, first)]
+    not_due = place_hold(db, first, 1_000)["id"]
+    for hold_id in due:
+        make_due(db, hold_id)
+
+    with psycopg.connect(database_url) as capture:  # a capture (void, job) has taken one of them
+        capture.execute("SELECT FROM wallet.holds WHERE id = %s FOR UPDATE", (due[0],))
+        one_only = scalar(db, "SELECT wallet.expire_due_holds(1)")
+        the_rest = scalar(db, "SELECT wallet.expire_due_holds()")
+        capture.rollback()
+    none_left = (
+        scalar(db, "SELECT wallet.expire_due_holds(0)"),
+        scalar(db, "SELECT wallet.expire_due_holds()"),
+    )
+
+    assert (one_only, the_rest, none_left) == (1, 3, (0, 1))
+    statuses = [get_hold(db, hold_id)["status"] for hold_id in [*due, not_due]]
+    assert statuses == ["expired"] * 5 + ["active"]
+    assert (money(db, first), money(db, second)) == ((10_000, 1_000, 9_000), (10_000, 0, 10_000))
+    assert all(expiry_jobs(db, hold_id) == [] for hold_id in due)
+    for limit in (-1, 1_001, None):
+        with raises_sqlstate("WI400", limit):
+            scalar(db, "SELECT wallet.expire_due_holds(%s::integer)", limit)
+    assert violations(db) == []
+
+
 def test_reconcile_re_enqueues_the_expiry_of_an_overdue_hold_whose_job_is_gone(db):
     wallet_id = funded_wallet(db, 3_000)
     lost, kept, not_due = (place_hold(db, wallet_id, 100)["id"] for _ in range(3))
@@ -700,6 +728,7 @@ def test_wallet_app_calls_the_hold_functions_and_the_auditor_only_reads_them(db)
         assert void_hold(db, hold["id"])["status"] == "voided"
         assert expire_hold(db, hold["id"]) == "voided"
         assert scalar(db, "SELECT wallet.reconcile_hold_expiries()") == 0
+        assert scalar(db, "SELECT wallet.expire_due_holds()") == 0
         assert one(db, "SELECT * FROM wallet.hold_stats()")["active"] == 0
     finally:
         db.execute("RESET ROLE")

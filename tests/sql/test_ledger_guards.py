@@ -68,6 +68,7 @@ WRITING_FUNCTIONS = [
     "wallet.capture_hold(text, text, text, text, uuid, bigint, uuid, boolean)",
     "wallet.void_hold(text, text, text, text, uuid)",
     "wallet.expire_hold(uuid)",
+    "wallet.expire_due_holds(integer)",
     "wallet.reconcile_hold_expiries(interval)",
 ]
 
