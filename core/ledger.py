@@ -363,6 +363,11 @@ async def expire_hold(database: Database, hold_id: UUID) -> str:
     return await database.fetchval("SELECT wallet.expire_hold($1)", hold_id)
 
 
+async def expire_due_holds(database: Database, limit: int) -> int:
+    """Expire up to limit other due holds in one transaction (the sweep); returns how many."""
+    return await database.fetchval("SELECT wallet.expire_due_holds($1)", limit)
+
+
 async def reconcile_hold_expiries(database: Database, grace: timedelta) -> int:
     """Re-enqueue the expiry of active holds overdue for grace without a live job; how many."""
     return await database.fetchval("SELECT wallet.reconcile_hold_expiries($1)", grace)

@@ -59,6 +59,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     settle_max_retries: int
     settle_retry_base_seconds: int
     settle_sweep_limit: int
+    expiry_sweep_limit: int
     reconcile_grace_seconds: int
     stalled_worker_seconds: int
     job_retention_hours: int
@@ -117,6 +118,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         settle_max_retries=read.integer("WALLET_SETTLE_MAX_RETRIES", 8, 0, 100),
         settle_retry_base_seconds=read.integer("WALLET_SETTLE_RETRY_BASE_SECONDS", 2, 1, 3600),
         settle_sweep_limit=read.integer("WALLET_SETTLE_SWEEP_LIMIT", 50, 0, 1000),
+        expiry_sweep_limit=read.integer("WALLET_EXPIRY_SWEEP_LIMIT", 50, 0, 1000),
         reconcile_grace_seconds=read.integer("WALLET_RECONCILE_GRACE_SECONDS", 30, 1, 86400),
         # A worker without a heartbeat for this long is dead, and its running jobs are retried;
         # workers beat three times in this window (jobs.app.run_worker).

@@ -108,6 +108,12 @@ def build_tasks(settings: Settings) -> procrastinate.Blueprint:
             )
         else:
             logger.info("hold %s: %s (attempt %s)", hold_id, outcome, attempt)
+            if settings.expiry_sweep_limit:
+                # Other due holds along with this one: when many fall due in the same second,
+                # a handful of jobs expire them all and the others find theirs expired.
+                swept = await ledger.expire_due_holds(_pool(context), settings.expiry_sweep_limit)
+                if swept:
+                    logger.info("hold %s: %s other due holds expired with it", hold_id, swept)
         return outcome
 
     @tasks.periodic(cron="* * * * * */15", periodic_id="every-15s")

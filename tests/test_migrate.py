@@ -460,7 +460,9 @@ def test_a_failing_sql_file_leaves_the_pending_migrations_unapplied_and_the_old_
     )
     before = function_oid(db, GET_WALLET)
     definitions = rows(
-        db, "SELECT oid, pg_get_functiondef(oid) FROM pg_proc WHERE pronamespace = 'wallet'::regnamespace"
+        db,
+        "SELECT oid, pg_get_functiondef(oid) FROM pg_proc WHERE pronamespace = 'wallet'::regnamespace"
+        " ORDER BY oid",
     )
 
     with pytest.raises(psycopg.errors.DivisionByZero):
@@ -471,7 +473,9 @@ def test_a_failing_sql_file_leaves_the_pending_migrations_unapplied_and_the_old_
     assert function_oid(db, GET_WALLET) == before is not None  # never dropped, not even re-created
     assert (
         rows(
-            db, "SELECT oid, pg_get_functiondef(oid) FROM pg_proc WHERE pronamespace = 'wallet'::regnamespace"
+            db,
+            "SELECT oid, pg_get_functiondef(oid) FROM pg_proc WHERE pronamespace = 'wallet'::regnamespace"
+            " ORDER BY oid",
         )
         == definitions
     )
