@@ -177,6 +177,7 @@ class HistoryItem(Struct, frozen=True):
     balance_after: int | None
     created_at: datetime
     reference: str | None
+    hold_id: Annotated[UUID | None, Meta(description="The hold a capture drew on; null otherwise")]
 
 
 class CommissionRule(Struct, frozen=True):

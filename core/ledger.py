@@ -90,8 +90,9 @@ async def wallet_history(
     since: datetime | None,
     until: datetime | None,
 ) -> list[asyncpg.Record]:
+    """wallet.wallet_history_v2: a page of history items, each with hold_id (a capture's hold)."""
     return await database.fetch(
-        "SELECT * FROM wallet.wallet_history($1, $2, $3, $4, $5, $6, $7)",
+        "SELECT * FROM wallet.wallet_history_v2($1, $2, $3, $4, $5, $6, $7)",
         acting_owner,
         wallet_id,
         limit,

@@ -1,4 +1,6 @@
--- wallet.wallet_history: a keyset page of a wallet's history, newest first.
+-- wallet.wallet_history_v2: a keyset page of a wallet's history, newest first, each item with
+-- the hold a capture drew on (hold_id: a capture is its withdrawal or transfer; NULL for
+-- every other item). wallet.wallet_history, below, is the same page without hold_id.
 --
 -- Posted items are the wallet's entries: amount is the signed net effect on the wallet
 -- (a transfer's sender sees -(amount + fee)), fee is what this wallet paid, and
@@ -26,7 +28,7 @@
 -- inside the index (a hundred or so per index page), never reading their rows.
 -- Raises: WI400 invalid_request (limit outside 1..1000, unknown kind, since after until),
 --         WN404 not_found.
-CREATE OR REPLACE FUNCTION wallet.wallet_history(
+CREATE OR REPLACE FUNCTION wallet.wallet_history_v2(
     p_acting_owner_id text,
     p_wallet_id       uuid,
     p_limit           integer DEFAULT 50,
@@ -43,7 +45,8 @@ CREATE OR REPLACE FUNCTION wallet.wallet_history(
     fee            bigint,
     balance_after  bigint,
     created_at     timestamptz,
-    reference      text
+    reference      text,
+    hold_id        uuid
 )
 LANGUAGE plpgsql STABLE
 SECURITY DEFINER
@@ -76,7 +79,7 @@ BEGIN
         FROM (
             (SELECT e.id, e.transaction_id, t.kind::text, t.status::text, e.net_amount,
                     CASE WHEN e.wallet_id = t.to_wallet_id THEN 0 ELSE t.fee END::bigint,
-                    e.balance_after, e.created_at, t.reference::text
+                    e.balance_after, e.created_at, t.reference::text, t.hold_id
              FROM (SELECT newest.*
                    FROM unnest(v_kinds) AS k (kind)
                    CROSS JOIN LATERAL (
@@ -94,7 +97,7 @@ BEGIN
              JOIN wallet.transactions AS t ON t.id = e.transaction_id)
             UNION ALL
             (SELECT t.history_seq, t.id, t.kind::text, t.status::text, (t.amount - t.fee)::bigint,
-                    t.fee::bigint, NULL::bigint, t.created_at, t.reference::text
+                    t.fee::bigint, NULL::bigint, t.created_at, t.reference::text, t.hold_id
              FROM unnest(v_kinds) AS k (kind)
              CROSS JOIN LATERAL (
                  SELECT t.*
@@ -106,10 +109,47 @@ BEGIN
                    AND t.created_at >= v_since AND t.created_at < v_until
                  ORDER BY t.history_seq DESC
                  LIMIT p_limit) AS t)
-        ) AS item (seq, transaction_id, kind, status, amount, fee, balance_after, created_at, reference)
+        ) AS item (seq, transaction_id, kind, status, amount, fee, balance_after, created_at, reference, hold_id)
         ORDER BY item.seq DESC
         LIMIT p_limit;
 END
+$$;
+
+-- wallet.wallet_history: wallet.wallet_history_v2's page without hold_id, for the previous
+-- release (its signature and result type stay as they were; README, "Upgrades and rolling
+-- deploys"). Its one query reads the page from wallet_history_v2, whose own statements stay
+-- index-backed (SECURITY DEFINER, as every function wallet_app may call, keeps the planner
+-- from inlining this one; nothing is lost, its plan is a scan of v2's rows). Locks nothing.
+-- Raises: WI400 invalid_request (limit outside 1..1000, unknown kind, since after until),
+--         WN404 not_found.
+CREATE OR REPLACE FUNCTION wallet.wallet_history(
+    p_acting_owner_id text,
+    p_wallet_id       uuid,
+    p_limit           integer DEFAULT 50,
+    p_before_seq      bigint DEFAULT NULL,
+    p_kind            text DEFAULT NULL,
+    p_since           timestamptz DEFAULT NULL,
+    p_until           timestamptz DEFAULT NULL
+) RETURNS TABLE (
+    seq            bigint,
+    transaction_id uuid,
+    kind           text,
+    status         text,
+    amount         bigint,
+    fee            bigint,
+    balance_after  bigint,
+    created_at     timestamptz,
+    reference      text
+)
+LANGUAGE sql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT item.seq, item.transaction_id, item.kind, item.status, item.amount, item.fee,
+           item.balance_after, item.created_at, item.reference
+    FROM wallet.wallet_history_v2(p_acting_owner_id, p_wallet_id, p_limit, p_before_seq, p_kind,
+                                  p_since, p_until) AS item
+    ORDER BY item.seq DESC
 $$;
 
 -- wallet.history_cursor_at: a time that no entry of p_wallet_id with an id below
@@ -164,6 +204,9 @@ END
 $$;
 
 REVOKE ALL ON FUNCTION wallet.wallet_history(text, uuid, integer, bigint, text, timestamptz, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION wallet.wallet_history_v2(text, uuid, integer, bigint, text, timestamptz, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION wallet.history_cursor_at(uuid, bigint) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION wallet.wallet_history(text, uuid, integer, bigint, text, timestamptz, timestamptz)
+    TO wallet_app, wallet_auditor;
+GRANT EXECUTE ON FUNCTION wallet.wallet_history_v2(text, uuid, integer, bigint, text, timestamptz, timestamptz)
     TO wallet_app, wallet_auditor;

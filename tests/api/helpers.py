@@ -52,6 +52,7 @@ HISTORY_ITEM_FIELDS = {
     "balance_after",
     "created_at",
     "reference",
+    "hold_id",
 }
 PAGE_FIELDS = {"items", "next_cursor"}
 # Every /v1 resource (SPEC 4, and issue 12's holds) and the methods it has; {wallet},

@@ -289,6 +289,12 @@ def test_capture_to_another_wallet_is_a_transfer_with_the_hold_id(client):
     assert money(client, payee) == (3_250, 0, 3_250)
     payee_items = history(client, payee)["items"]
     assert (payee_items[0]["transaction_id"], payee_items[0]["amount"]) == (transaction["id"], 3_000)
+    assert [item["hold_id"] for item in payee_items] == [held["id"], None]
+    payer_items = history(client, payer)["items"]
+    assert [(item["kind"], item["amount"], item["hold_id"]) for item in payer_items] == [
+        ("transfer", -3_000, held["id"]),
+        ("deposit", 10_000, None),
+    ]
 
 
 def test_the_capture_fee_is_charged_from_available_not_from_the_hold(client):
@@ -841,10 +847,20 @@ def test_history_shows_captures_with_the_hold_id_and_nothing_for_place_or_void(c
     assert [(item["kind"], item["amount"]) for item in items] == [("withdrawal", -1_200), ("deposit", 10_000)]
     assert items[0]["transaction_id"] == captured["id"]
     assert items[0]["balance_after"] == 8_800
+    assert [item["hold_id"] for item in items] == [first["id"], None]
     read = client.get(f"/v1/transactions/{captured['id']}").json()
     assert read["hold_id"] == first["id"]
     deposit_id = items[1]["transaction_id"]
     assert client.get(f"/v1/transactions/{deposit_id}").json()["hold_id"] is None
+    # Filtered and paged, a capture's item keeps its hold_id.
+    withdrawals = history(client, wallet_id, kind="withdrawal")["items"]
+    assert [(item["transaction_id"], item["hold_id"]) for item in withdrawals] == [
+        (captured["id"], first["id"])
+    ]
+    first_page = history(client, wallet_id, limit=1)
+    assert [item["hold_id"] for item in first_page["items"]] == [first["id"]]
+    rest = history(client, wallet_id, limit=1, cursor=first_page["next_cursor"])["items"]
+    assert [(item["kind"], item["hold_id"]) for item in rest] == [("deposit", None)]
 
 
 def test_metrics_count_holds_captures_and_voids(client):

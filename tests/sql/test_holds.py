@@ -16,6 +16,7 @@ import pytest
 
 from tests.sql.public_schema_attack import plant, planted_calls
 from tests.sql.test_bounds import COLUMN_CHECKS, RANGE_CHECK, _fill
+from tests.sql.test_history import history_v2, without_hold_id
 from tests.support.holds import (
     active_remaining,
     capture_hold,
@@ -33,6 +34,7 @@ from tests.support.ledger import (
     MAX_AMOUNT,
     change_status,
     deposit,
+    deposit_at,
     entries_of,
     funded_wallet,
     get_wallet,
@@ -686,6 +688,56 @@ def test_history_shows_captures_as_their_transactions_and_nothing_else_of_a_hold
     assert items[2:] == placed
     assert {get_transaction_v2(db, item["transaction_id"])["hold_id"] for item in items[:2]} == {captured}
     assert [(item["kind"], item["amount"]) for item in history(db, payee)] == [("transfer", 200)]
+
+
+def test_history_v2_carries_the_hold_id_of_each_capture_and_null_on_every_other_item(db):
+    wallet_id, payee = funded_wallet(db, 10_000, owner="payer"), funded_wallet(db, 500, owner="payee")
+    withdraw(db, wallet_id, 100)
+    transfer(db, wallet_id, payee, 50)
+    transfer(db, payee, wallet_id, 20)
+    scheduled = deposit_at(db, wallet_id, 700, scalar(db, "SELECT now() + interval '1 day'"))
+    first, second = place_hold(db, wallet_id, 1_000)["id"], place_hold(db, wallet_id, 2_000)["id"]
+    withdrawal = capture_hold(db, first, 300)
+    moved = capture_hold(db, second, 400, to_wallet_id=payee)
+    last = capture_hold(db, first, final=True)
+    void_hold(db, place_hold(db, wallet_id, 100)["id"])
+    captures = {withdrawal["id"]: first, moved["id"]: second, last["id"]: first}
+
+    items = history_v2(db, wallet_id)
+
+    assert [(item["transaction_id"], item["hold_id"]) for item in items[:3]] == [
+        (last["id"], first),
+        (moved["id"], second),
+        (withdrawal["id"], first),
+    ]
+    assert [(item["kind"], item["amount"]) for item in items[:3]] == [
+        ("withdrawal", -700),
+        ("transfer", -400),
+        ("withdrawal", -300),
+    ]
+    others = items[3:]
+    assert {item["transaction_id"] for item in others} >= {scheduled["id"]}
+    assert {item["status"] for item in others} == {"posted", "scheduled"}
+    assert {item["kind"] for item in others} == {"deposit", "withdrawal", "transfer"}
+    assert [item["hold_id"] for item in others] == [None] * 5
+    # The hold id each item carries is its transaction's (wallet.get_transaction_v2).
+    for item in items:
+        assert item["hold_id"] == get_transaction_v2(db, item["transaction_id"])["hold_id"]
+        assert item["hold_id"] == captures.get(item["transaction_id"])
+    # The payee sees the capture to it as its transfer, with the hold it drew on.
+    received = history_v2(db, payee, acting="payee")
+    assert [(item["transaction_id"], item["amount"], item["hold_id"]) for item in received[:1]] == [
+        (moved["id"], 400, second)
+    ]
+    assert {item["hold_id"] for item in received[1:]} == {None}
+    # Filtered and paged, the same items; and wallet.wallet_history is the page less hold_id.
+    assert [item["hold_id"] for item in history_v2(db, wallet_id, kind="withdrawal")] == [first, first, None]
+    assert history_v2(db, wallet_id, limit=2, before_seq=items[0]["seq"]) == items[1:3]
+    assert history_v2(db, wallet_id, kind="deposit") == [item for item in items if item["kind"] == "deposit"]
+    assert history(db, wallet_id) == without_hold_id(items)
+    assert history(db, wallet_id, kind="transfer") == without_hold_id(
+        history_v2(db, wallet_id, kind="transfer")
+    )
 
 
 def test_hold_stats_count_holds_and_the_lag_of_their_expiry(db):
