@@ -8,8 +8,14 @@ check, the balances, every wallet's history, every transaction and the database 
 The bank's clients also place holds, capture them in parts (to the outside world or to another
 wallet, some final) and void them (issue 12): each wallet's `held` must be what its active holds
 still reserve, and each hold must have captured exactly what its acknowledged captures took.
-No worker runs here, so holds keep their default expiry (7 days) and none expires; expiry under
-load is tests/jobs/test_hold_expiry.py's.
+In the conserving test two real `wallet worker` processes expire holds too: some holds are placed
+with an expires_at a few seconds ahead, captured only in part before their time, and the clients
+aim captures (in part, in full, final) and voids at them just as they fall due, so they race the
+expiry jobs (and the workers' sweeps); the test waits until every such hold is closed before it
+checks anything. Whichever wins, an expired hold released what it still reserved exactly once,
+kept what its acknowledged captures took (none of them at or past its expires_at), and a capture
+refused with 409 hold_not_active moved nothing. The other holds keep their default expiry
+(7 days) and none of them expires within the test.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -29,7 +36,7 @@ import psycopg
 import pytest
 
 from tests.support.money import expected_balances, reference_fee
-from tests.support.processes import running_server
+from tests.support.processes import Workers, running_server
 from tests.support.tokens import TokenFactory
 
 # A deliberately busy workload that still fits a test run: 24 clients for 4 seconds.
@@ -43,6 +50,21 @@ MIN_DEPOSIT = 1_000
 REPLAY_SHARE = 0.1
 # The share of a client's requests that place, capture or void holds.
 HOLD_SHARE = 0.3
+# The share of placed holds that expire within the test, and how far ahead their expires_at is
+# (in seconds of the database's clock; the API wants at least 1 s): most of them expire while the
+# clients still run, the rest just after.
+EXPIRING_SHARE = 0.5
+EXPIRY_LEAD = (2.0, 3.5)
+# The share of captures and voids aimed at an open expiring hold whose expires_at is at most
+# RACE_AHEAD seconds ahead (or just past), when there is one: the client waits for its expires_at
+# give or take RACE_JITTER seconds, then sends the request, as the expiry job falls due.
+# At most RACERS requests race one hold's expiry, so that the races spread over many holds.
+RACE_SHARE = 0.5
+RACE_AHEAD = 0.5
+RACE_JITTER = 0.05
+RACERS = 2
+# How long the workers may take to close every hold whose expires_at has passed.
+EXPIRY_WAIT_SECONDS = 30.0
 # A request is retried with its own key until it is answered; past this the test fails.
 MAX_ATTEMPTS = 40
 HISTORY_PAGE = 37  # an odd size, so pages break at arbitrary points
@@ -156,6 +178,34 @@ class Bank:
     hold_ids: list[str] = field(default_factory=list)
     open_holds: set[str] = field(default_factory=set)
     voids: int = 0
+    # The database's clock minus this process's, so expires_at is set on the clock that judges it.
+    clock_offset: timedelta = timedelta(0)
+    # The expires_at of the holds placed to expire within the test, by id, and the holds a capture
+    # or void was refused with 409 hold_not_active.
+    expiring: dict[str, datetime] = field(default_factory=dict)
+    not_active: set[str] = field(default_factory=set)
+    # The captures and voids sent about their hold's expires_at, by hold.
+    races: Counter[str] = field(default_factory=Counter)
+
+    def database_now(self) -> datetime:
+        return datetime.now(UTC) + self.clock_offset
+
+    def racing_hold(self, rng: random.Random) -> tuple[str, float] | None:
+        """An open expiring hold whose expires_at is near (just ahead or just past), and how long
+        to wait to send a capture or void of it about then: it races the hold's expiry."""
+        now = self.database_now()
+        near = sorted(
+            hold_id
+            for hold_id in self.open_holds & self.expiring.keys()
+            if -RACE_JITTER <= (self.expiring[hold_id] - now).total_seconds() <= RACE_AHEAD
+            and self.races[hold_id] < RACERS
+        )
+        if not near:
+            return None
+        hold_id = rng.choice(near)
+        self.races[hold_id] += 1
+        ahead = (self.expiring[hold_id] - now).total_seconds()
+        return hold_id, max(0.0, ahead + rng.uniform(-RACE_JITTER, RACE_JITTER))
 
     def acknowledge(self, transaction: dict[str, Any]) -> None:
         known = self.acknowledged.setdefault(transaction["id"], transaction)
@@ -232,35 +282,58 @@ HOLD_REFUSALS = {
 
 
 async def hold_step(number: int, rng: random.Random, clients: list[httpx.AsyncClient], bank: Bank) -> None:
-    """Place a hold, capture part or all of a known one (to the outside world or another wallet,
-    now and then final), or void one."""
+    """Place a hold (now and then one that expires within the test), capture part or all of a known
+    one (to the outside world or another wallet, now and then final), or void one."""
     key = f"bank-hold-{number}-{uuid.uuid4()}"
     server = rng.randrange(len(clients))
     roll = rng.random()
     body: dict[str, Any] | None
+    lead = wait = 0.0
     if roll < 0.4 or not bank.open_holds:
         operation, wallet_id = "hold", rng.choice(bank.wallet_ids)
         path, body, status = f"/v1/wallets/{wallet_id}/holds", {"amount": rng.randint(1, MAX_MOVE)}, 201
+        if rng.random() < EXPIRING_SHARE:
+            lead = rng.uniform(*EXPIRY_LEAD)
+            body["expires_at"] = (bank.database_now() + timedelta(seconds=lead)).isoformat()
     else:
-        # Now and then one that may be closed already (409 hold_not_active), mostly an open one.
-        hold_id = rng.choice(bank.hold_ids if rng.random() < 0.1 else sorted(bank.open_holds))
+        # Now and then one about to expire (or just expired), or one that may be closed already
+        # (409 hold_not_active); mostly any open one.
+        racing = bank.racing_hold(rng) if rng.random() < RACE_SHARE else None
+        if racing:
+            hold_id, wait = racing
+        else:
+            hold_id = rng.choice(bank.hold_ids if rng.random() < 0.1 else sorted(bank.open_holds))
         held = bank.holds[hold_id]
-        if roll < 0.85:
+        # An expiring hold is only captured in part before its time (so that it lives to expire,
+        # or to be raced): closing it is left to the races and the expiry.
+        partly = hold_id in bank.expiring and not racing
+        if roll < 0.85 or partly:
             operation, path, body, status = "capture", f"/v1/holds/{hold_id}/capture", {}, 201
-            if rng.random() < 0.8:
+            if partly or rng.random() < 0.8:
                 body["amount"] = rng.randint(1, max(1, held["amount"] // 2))
             if rng.random() < 0.4:
                 body["to_wallet_id"] = rng.choice([w for w in bank.wallet_ids if w != held["wallet_id"]])
-            if rng.random() < 0.2:
+            if not partly and rng.random() < 0.2:
                 body["final"] = True
         else:
             operation, path, body, status = "void", f"/v1/holds/{hold_id}/void", None, 200
+    await asyncio.sleep(wait)
+    sent = time.monotonic()
     response = await post_until_answered(clients, path, body, key, bank.retries, server)
     if response.status_code != status:
         if (response.status_code, problem_code(response)) in HOLD_REFUSALS[operation]:
             bank.refused[f"{operation}:{problem_code(response)}"] += 1
             if problem_code(response) == "hold_not_active":
                 bank.open_holds.discard(hold_id)
+                bank.not_active.add(hold_id)
+        elif (
+            lead
+            and (response.status_code, problem_code(response)) == (400, "invalid_request")
+            and time.monotonic() - sent > lead - 1.1
+        ):
+            # Retried (a 503, a lost connection) until less than the second the API asks for
+            # was left before its expires_at: refused, and nothing reserved.
+            bank.refused["hold:too_late"] += 1
         else:
             bank.unexpected.append(f"{operation} {path} {body} -> {response.status_code} {response.text}")
         return
@@ -269,6 +342,10 @@ async def hold_step(number: int, rng: random.Random, clients: list[httpx.AsyncCl
     if operation == "hold":
         assert (answer["wallet_id"], answer["status"]) == (wallet_id, "active"), answer
         assert answer["amount"] == answer["remaining"] == body["amount"], answer
+        if "expires_at" in body:
+            expires_at = datetime.fromisoformat(answer["expires_at"])
+            assert expires_at == datetime.fromisoformat(body["expires_at"]), (body, answer)
+            bank.expiring[answer["id"]] = expires_at
         bank.holds[answer["id"]] = answer
         bank.hold_ids.append(answer["id"])
         bank.open_holds.add(answer["id"])
@@ -305,6 +382,37 @@ async def read_holds(client: httpx.AsyncClient, wallet_id: str) -> list[dict[str
     raise AssertionError(f"the holds of {wallet_id} did not end after 10000 pages")
 
 
+def clock_offset(db: psycopg.Connection) -> timedelta:
+    """The database's clock minus this process's (zero on one machine, but a test server may be
+    another), taken at the middle of the round trip."""
+    before = datetime.now(UTC)
+    (database_now,) = db.execute("SELECT clock_timestamp()").fetchone()
+    after = datetime.now(UTC)
+    return database_now - (before + (after - before) / 2)
+
+
+async def wait_for_expiries(db: psycopg.Connection, bank: Bank, workers: Workers) -> None:
+    """Wait (polling, up to EXPIRY_WAIT_SECONDS) until none of the holds placed to expire within
+    the test is active any more: each was captured in full, voided, or expired by a worker once
+    its expires_at passed. Fails at once if a worker dies."""
+    hold_ids = list(bank.expiring)
+    deadline = time.monotonic() + EXPIRY_WAIT_SECONDS
+    while True:
+        active = db.execute(
+            "SELECT id::text, expires_at FROM wallet.holds WHERE id = ANY(%s::uuid[]) AND status = 'active'",
+            (hold_ids,),
+        ).fetchall()
+        if not active:
+            return
+        dead = [worker for worker in workers.started if worker.exited_unasked]
+        assert not dead, f"a worker exited unasked\n{workers.log_tails()}"
+        assert time.monotonic() < deadline, (
+            f"{len(active)} holds still active {EXPIRY_WAIT_SECONDS} s after the workload, e.g. {active[:3]}"
+            f"\n{workers.log_tails()}"
+        )
+        await asyncio.sleep(0.05)
+
+
 async def client_loop(number: int, clients: list[httpx.AsyncClient], bank: Bank, deadline: float) -> None:
     rng = random.Random(number)
     while time.monotonic() < deadline:
@@ -337,13 +445,17 @@ async def client_loop(number: int, clients: list[httpx.AsyncClient], bank: Bank,
 
 
 async def test_concurrent_bank_over_http_conserves_money(
-    clients: list[httpx.AsyncClient], db: psycopg.Connection
+    clients: list[httpx.AsyncClient], db: psycopg.Connection, workers: Workers
 ) -> None:
+    # Two workers on the servers' database, as two replicas: the expiry jobs of the holds, and
+    # each job's sweep of other due holds, race the clients' captures and voids and each other.
+    workers.start()
+    workers.start()
     retries = Retries()
     for operation, rule in RULES.items():
         await put_rule(clients[0], operation, rule)
     wallet_ids = [await open_wallet(clients, retries) for _ in range(WALLETS)]
-    bank = Bank(wallet_ids=wallet_ids, retries=retries)
+    bank = Bank(wallet_ids=wallet_ids, retries=retries, clock_offset=clock_offset(db))
     for index, wallet_id in enumerate(wallet_ids):
         response = await post_until_answered(
             clients,
@@ -361,6 +473,9 @@ async def test_concurrent_bank_over_http_conserves_money(
     async with asyncio.TaskGroup() as workload:
         for number in range(CLIENTS):
             workload.create_task(client_loop(number, clients, bank, deadline))
+    # Nothing changes any more once every hold placed to expire is closed (the others expire in
+    # 7 days): the checks below read a ledger at rest.
+    await wait_for_expiries(db, bank, workers)
 
     assert not bank.unexpected, "\n".join(bank.unexpected[:20])
     movements = Counter(t["kind"] for t in bank.acknowledged.values())
@@ -394,10 +509,14 @@ async def test_concurrent_bank_over_http_conserves_money(
     assert sum(balances.values()) == money_inside, (balances, summary)
     assert balances == bank.expected_balances()
     captured_by_hold: Counter[str] = Counter()
+    captures_by_hold: defaultdict[str, list[dict[str, Any]]] = defaultdict(list)
     for transaction in bank.acknowledged.values():
         if transaction["hold_id"] is not None:
             captured_by_hold[transaction["hold_id"]] += transaction["amount"]
+            captures_by_hold[transaction["hold_id"]].append(transaction)
     statuses: Counter[str] = Counter()
+    final: dict[str, str] = {}  # each hold's status at the end
+    expired: dict[str, dict[str, Any]] = {}
     for wallet_id, wallet in wallets.items():
         holds = await read_holds(clients[wallet_ids.index(wallet_id) % 2], wallet_id)
         # Newest first: ids are time-ordered (concurrent holds were acknowledged in any order).
@@ -406,17 +525,60 @@ async def test_concurrent_bank_over_http_conserves_money(
         ), wallet_id
         for hold in holds:
             statuses[hold["status"]] += 1
+            final[hold["id"]] = hold["status"]
+            expires_at = datetime.fromisoformat(hold["expires_at"])
+            closed_at = hold["closed_at"] and datetime.fromisoformat(hold["closed_at"])
+            # Each hold took exactly what its acknowledged (201) captures took, all of them before
+            # its expires_at (a capture at or past it is refused, and moves nothing).
             assert hold["captured_amount"] == captured_by_hold[hold["id"]], hold
+            for capture in captures_by_hold[hold["id"]]:
+                assert datetime.fromisoformat(capture["posted_at"]) < expires_at, (hold, capture)
+            if hold["id"] in bank.expiring:
+                assert expires_at == bank.expiring[hold["id"]], hold
+                assert hold["status"] != "active", hold  # its expires_at has passed
             if hold["status"] == "active":
                 assert hold["captured_amount"] + hold["remaining"] == hold["amount"], hold
+                assert closed_at is None, hold
             else:
-                assert hold["status"] in ("captured", "voided"), hold  # none expires within the test
                 assert hold["remaining"] == 0 and hold["captured_amount"] <= hold["amount"], hold
+                assert closed_at is not None, hold
+            if hold["status"] == "captured":
+                # In full: its last capture closed it, before its expires_at.
+                assert closed_at < expires_at, hold
+            elif hold["status"] == "expired":
+                # Only holds placed to expire within the test, at or after their expires_at; it
+                # released the rest of what it reserved (held below shows: exactly once).
+                assert hold["id"] in bank.expiring and closed_at >= expires_at, hold
+                assert hold["captured_amount"] < hold["amount"], hold
+                expired[hold["id"]] = hold
+            else:
+                assert hold["status"] in ("active", "voided"), hold
         held = sum(hold["remaining"] for hold in holds if hold["status"] == "active")
         assert wallet["held"] == held, (wallet, held)
         assert wallet["balance"] >= 0 and wallet["available"] == wallet["balance"] - held >= 0, wallet
         assert wallet["pending"] == 0, wallet
     assert statuses["voided"] == bank.voids, (statuses, bank.voids)
+    # A 409 hold_not_active was an answer about a closed hold (or one past its expires_at, closed
+    # since): none of them is still active.
+    refused_active = [hold_id for hold_id in bank.not_active if final[hold_id] == "active"]
+    assert refused_active == [], refused_active
+    # The workload expired holds and raced captures and voids against expiries. Who won the races
+    # varies from run to run (the invariants above hold whichever way): holds captured in part
+    # before they expired, captures and voids refused on holds that had expired.
+    racing = {
+        "statuses": statuses,
+        "expired after a capture": sum(1 for hold in expired.values() if hold["captured_amount"] > 0),
+        "refused after expiry": len(bank.not_active & expired.keys()),
+        "raced holds": len(bank.races),
+        "refused": bank.refused,
+    }
+    assert statuses["expired"] > 10 and len(bank.races) > 0, racing
+    # No expiry job gave up (a job run early, or one whose hold was closed meanwhile, succeeds).
+    (failed,) = db.execute(
+        "SELECT count(*) FROM procrastinate.procrastinate_jobs"
+        " WHERE task_name = 'wallet:expire_hold' AND status = 'failed'"
+    ).fetchone()
+    assert failed == 0, workers.log_tails()
 
     for wallet_id in wallet_ids:
         items = await read_history(clients[wallet_ids.index(wallet_id) % 2], wallet_id)
